@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: install into .venv, lint (ruff), type-check (mypy --strict), pytest.
+# PostgreSQL tests run when AITBC_TEST_DATABASE_URL is set (.ci/run sets it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "== ruff"
+.venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,72 @@
+"""Application factory: database, migrations, admin key, sweeper and routers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from aitbc import __version__
+from aitbc.api.errors import install_error_handlers
+from aitbc.api.middleware import AuthRateLimitMiddleware, BodySizeLimitMiddleware
+from aitbc.api.routers import admin, clients, files, jobs, miners, system
+from aitbc.services import sweeper
+from aitbc.services.auth import ensure_admin_key
+from aitbc.services.runtime import Clock, Runtime, utc_now
+from aitbc.settings import Settings
+from aitbc.storage import db, migrate
+
+log = logging.getLogger(__name__)
+
+
+def build_runtime(settings: Settings, clock: Clock = utc_now) -> Runtime:
+    """Engine, sessions and in-memory state for ``settings`` (no I/O yet)."""
+    url = settings.resolved_database_url()
+    if db.is_sqlite(url):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = db.create_engine(url)
+    return Runtime(
+        settings=settings, engine=engine, sessions=db.create_sessionmaker(engine), clock=clock
+    )
+
+
+def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool = True) -> FastAPI:
+    """The coordinator ASGI app. Start-up migrates the database and ensures an admin key."""
+    runtime = build_runtime(settings, clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await migrate.upgrade(runtime.engine)
+        written = await ensure_admin_key(runtime)
+        if written is not None:
+            print(f"aitbc: admin API key written to {written}", flush=True)
+        task = asyncio.create_task(sweeper.run_forever(runtime)) if run_sweeper else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await runtime.engine.dispose()
+
+    app = FastAPI(
+        title="AITBC Coordinator API",
+        version=__version__,
+        description="Submit AI compute jobs, run them as a miner, and follow the network.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    for router in (system, clients, miners, jobs, files, admin):
+        app.include_router(router.router)
+    app.add_middleware(AuthRateLimitMiddleware, runtime=runtime)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    return app

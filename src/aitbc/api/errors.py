@@ -1,0 +1,107 @@
+"""The only place errors become HTTP status codes, all in the ``{detail, error_code}`` shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aitbc import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[errors.AITBCError], int] = {
+    errors.InvalidRequest: 400,
+    errors.AuthenticationRequired: 401,
+    errors.PermissionDenied: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.ValidationFailed: 422,
+    errors.RateLimited: 429,
+    errors.ServiceUnavailable: 503,
+}
+
+CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+
+def status_for(error: errors.AITBCError) -> int:
+    """The HTTP status of an AITBC error: the closest mapped class in its ancestry."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+def error_response(
+    status: int, detail: str, error_code: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """A JSON error body in the contract's shape."""
+    body: dict[str, Any] = {"detail": detail, "error_code": error_code, **extra}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _aitbc_error(request: Request, exc: Exception) -> JSONResponse:
+    exc = cast(errors.AITBCError, exc)
+    headers = None
+    if isinstance(exc, errors.RateLimited):
+        headers = {"Retry-After": str(exc.retry_after_seconds)}
+    return error_response(status_for(exc), exc.detail, exc.error_code, headers, **exc.extra)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if part != "body") or "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    exc = cast(RequestValidationError, exc)
+    problems = exc.errors()
+    if any(problem.get("type") == "json_invalid" for problem in problems):
+        return error_response(400, "request body is not valid JSON", "invalid_json")
+    details = [
+        {
+            "field": _field_path(tuple(p.get("loc", ()))),
+            "message": p.get("msg", ""),
+            "type": p.get("type", ""),
+        }
+        for p in problems
+    ]
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return error_response(422, summary or "invalid request", "validation_error", errors=details)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    exc = cast(StarletteHTTPException, exc)
+    code = CODE_BY_STATUS.get(exc.status_code, "http_error")
+    detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return error_response(exc.status_code, detail, code, dict(exc.headers or {}))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal server error", "internal_error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every handler on ``app``."""
+    app.add_exception_handler(errors.AITBCError, _aitbc_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,94 @@
+"""Client job endpoints: submit, read, list, history, cancel, download."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from aitbc.api.deps import PrincipalDep, RuntimeDep
+from aitbc.domain.jobs import JobStatus
+from aitbc.schemas import Job, JobList, JobRequest
+from aitbc.services import jobs
+
+router = APIRouter(prefix="/v1/jobs", tags=["Jobs"])
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+@router.post("", status_code=201, response_model=Job)
+async def submit_job(runtime: RuntimeDep, principal: PrincipalDep, body: JobRequest) -> Job:
+    """Queue a job; the answer carries its cost and time estimates."""
+    return await jobs.submit(runtime, principal, body)
+
+
+@router.get("", response_model=JobList)
+async def list_jobs(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    status: JobStatus | None = None,
+    limit: Limit = 20,
+    offset: Offset = 0,
+) -> JobList:
+    """The caller's jobs, newest first."""
+    return await jobs.list_jobs(runtime, principal, status=status, limit=limit, offset=offset)
+
+
+@router.get("/history", response_model=JobList)
+async def job_history(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    start: Annotated[dt.date, Query(alias="from")],
+    end: Annotated[dt.date, Query(alias="to")],
+    limit: Limit = 20,
+    offset: Offset = 0,
+) -> JobList:
+    """Jobs created between two UTC dates (YYYY-MM-DD), both inclusive."""
+    return await jobs.history(runtime, principal, start, end, limit, offset)
+
+
+@router.get("/{job_id}", response_model=Job)
+async def get_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: str) -> Job:
+    """One job."""
+    return await jobs.get(runtime, principal, job_id)
+
+
+@router.delete("/{job_id}", response_model=Job)
+async def delete_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: str) -> Job:
+    """Cancel a job (409 once it is completed, failed or cancelled)."""
+    return await jobs.cancel(runtime, principal, job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=Job)
+async def cancel_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: str) -> Job:
+    """Cancel a job (409 once it is completed, failed or cancelled)."""
+    return await jobs.cancel(runtime, principal, job_id)
+
+
+@router.get(
+    "/{job_id}/download",
+    responses={200: {"content": {"application/json": {}, "text/plain": {}}}},
+)
+async def download_result(runtime: RuntimeDep, principal: PrincipalDep, job_id: str) -> Response:
+    """The result as a file, in the job's ``output_config.format`` (json or text)."""
+    job = await jobs.download(runtime, principal, job_id)
+    if job.output_config.format == "text":
+        return PlainTextResponse(
+            job.result or "",
+            headers={"Content-Disposition": f'attachment; filename="{job.job_id}.txt"'},
+        )
+    body = {
+        "job_id": job.job_id,
+        "model": job.model,
+        "result": job.result,
+        "usage": job.usage.model_dump() if job.usage else None,
+        "completed_at": job.completed_at.isoformat().replace("+00:00", "Z")
+        if job.completed_at
+        else None,
+    }
+    return JSONResponse(
+        body, headers={"Content-Disposition": f'attachment; filename="{job.job_id}.json"'}
+    )

@@ -1,0 +1,103 @@
+"""Miner endpoints: registration, heartbeats, and the miner side of the job lifecycle."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from aitbc.api.deps import OptionalPrincipalDep, PrincipalDep, RuntimeDep
+from aitbc.errors import PermissionDenied
+from aitbc.schemas import (
+    MINER_ID_PATTERN,
+    ClaimRequest,
+    FailureReport,
+    Heartbeat,
+    HeartbeatAck,
+    Job,
+    JobResult,
+    MinerCredentials,
+    MinerRegistration,
+    ProgressAck,
+    ProgressReport,
+)
+from aitbc.services import jobs, miners
+
+router = APIRouter(tags=["Miners"])
+
+
+@router.post(
+    "/v1/miners/register",
+    status_code=201,
+    response_model=MinerCredentials,
+    responses={200: {"description": "registration updated (with the miner's own key)"}},
+)
+async def register_miner(
+    runtime: RuntimeDep,
+    principal: OptionalPrincipalDep,
+    body: MinerRegistration,
+    response: Response,
+) -> MinerCredentials | Response:
+    """Register a miner; the API key in the answer is shown only this once.
+
+    Sent again with the miner's own key, it updates capabilities, hardware and price.
+    """
+    if principal is None and not runtime.settings.open_miner_registration:
+        raise PermissionDenied(
+            "miner self-registration is turned off", error_code="registration_closed"
+        )
+    credentials, _created = await miners.register(runtime, principal, body)
+    if credentials is None:
+        return Response(status_code=204)
+    return credentials
+
+
+@router.post("/v1/miners/{address}/heartbeat", response_model=HeartbeatAck)
+async def heartbeat(
+    runtime: RuntimeDep, principal: PrincipalDep, address: str, body: Heartbeat | None = None
+) -> HeartbeatAck:
+    """Liveness, load and running jobs; renews leases; lists jobs the miner must stop."""
+    return await miners.heartbeat(runtime, principal, address, body or Heartbeat())
+
+
+@router.get("/v1/jobs/available", response_model=Job | None)
+async def available_job(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    miner_id: Annotated[str, Query(pattern=MINER_ID_PATTERN)],
+    wait: Annotated[float, Query(ge=0, le=300, description="long-poll seconds")] = 0,
+) -> Job | None:
+    """The next job this miner can run (priority, then age), or null after ``wait`` s."""
+    return await jobs.next_for_miner(runtime, principal, miner_id, wait)
+
+
+@router.post("/v1/jobs/{job_id}/claim", response_model=Job)
+async def claim_job(
+    runtime: RuntimeDep, principal: PrincipalDep, job_id: str, body: ClaimRequest
+) -> Job:
+    """Take a pending job with a lease; 409 if another miner got it first."""
+    return await jobs.claim(runtime, principal, job_id, body.miner_id)
+
+
+@router.post("/v1/jobs/{job_id}/progress", response_model=ProgressAck)
+async def report_progress(
+    runtime: RuntimeDep, principal: PrincipalDep, job_id: str, body: ProgressReport
+) -> ProgressAck:
+    """Progress 0-100; renews the lease; ``should_stop`` once the job was cancelled."""
+    return await jobs.report_progress(runtime, principal, job_id, body)
+
+
+@router.post("/v1/jobs/{job_id}/fail", response_model=Job)
+async def report_failure(
+    runtime: RuntimeDep, principal: PrincipalDep, job_id: str, body: FailureReport
+) -> Job:
+    """Give up on a job; retryable failures put it back in the queue while attempts remain."""
+    return await jobs.report_failure(runtime, principal, job_id, body)
+
+
+@router.post("/v1/jobs/{job_id}/complete", response_model=Job)
+async def complete_job(
+    runtime: RuntimeDep, principal: PrincipalDep, job_id: str, body: JobResult
+) -> Job:
+    """Deliver the result of a job this miner holds; the same result again is a no-op."""
+    return await jobs.complete(runtime, principal, job_id, body)

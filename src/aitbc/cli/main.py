@@ -1,0 +1,206 @@
+"""The ``aitbc`` command: ``serve``, ``db upgrade``, ``demo`` and client commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aitbc import __version__
+from aitbc.settings import DEFAULT_PORT, Settings
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    """Flags first, then AITBC_* variables (pydantic-settings), then defaults."""
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "database_url", "data_dir", "log_level"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the coordinator until interrupted."""
+    import uvicorn
+
+    from aitbc.api import create_app
+
+    settings = _settings_from(args)
+    app = create_app(settings)
+    print(
+        f"aitbc {__version__}: coordinator on http://{settings.host}:{settings.port} "
+        f"(database: {_redacted(settings.resolved_database_url())})",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Apply pending migrations and print the revision."""
+    from aitbc.storage import db, migrate
+
+    settings = _settings_from(args)
+    url = settings.resolved_database_url()
+    if db.is_sqlite(url):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> str | None:
+        engine = db.create_engine(url)
+        try:
+            await migrate.upgrade(engine)
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    print(f"database {_redacted(url)} is at revision {asyncio.run(run())}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a coordinator and walk one job through its lifecycle over HTTP."""
+    from aitbc.cli.demo import run_demo
+
+    return asyncio.run(run_demo(port=args.port, keep_running=args.keep_running))
+
+
+def _client_call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> int:
+    import httpx
+
+    key = args.api_key or os.environ.get("AITBC_API_KEY")
+    headers = {"X-Api-Key": key} if key else {}
+    try:
+        response = httpx.request(
+            method, args.url.rstrip("/") + path, headers=headers, timeout=30, **kwargs
+        )
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    print(json.dumps(body, indent=2) if not isinstance(body, str) else body)
+    return 0 if response.is_success else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """Client job commands over HTTP."""
+    if args.jobs_command == "submit":
+        payload: dict[str, Any] = {
+            "prompt": args.prompt,
+            "priority": args.priority,
+            "params": {"max_tokens": args.max_tokens},
+        }
+        if args.model:
+            payload["model"] = args.model
+        return _client_call(args, "POST", "/v1/jobs", json=payload)
+    if args.jobs_command == "get":
+        return _client_call(args, "GET", f"/v1/jobs/{args.job_id}")
+    if args.jobs_command == "list":
+        params = {"limit": args.limit, **({"status": args.status} if args.status else {})}
+        return _client_call(args, "GET", "/v1/jobs", params=params)
+    return _client_call(args, "POST", f"/v1/jobs/{args.job_id}/cancel")
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    """Admin commands over HTTP."""
+    path = {"stats": "/v1/admin/stats", "miners": "/v1/admin/miners"}[args.admin_command]
+    if not args.api_key:
+        args.api_key = os.environ.get("AITBC_ADMIN_KEY")
+    return _client_call(args, "GET", path)
+
+
+def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="postgresql://... (default: SQLite in data dir)")
+    parser.add_argument("--data-dir", help="directory for SQLite and keys (./aitbc-data)")
+
+
+def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", default=os.environ.get("AITBC_URL", f"http://127.0.0.1:{DEFAULT_PORT}")
+    )
+    parser.add_argument("--api-key", help="X-Api-Key (default: $AITBC_API_KEY)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    parser = argparse.ArgumentParser(
+        prog="aitbc", description="AITBC: a marketplace for AI compute."
+    )
+    parser.add_argument("--version", action="version", version=f"aitbc {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the coordinator")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    _add_storage_flags(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    database = commands.add_parser("db", help="database maintenance")
+    db_commands = database.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="apply migrations")
+    _add_storage_flags(upgrade)
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    demo = commands.add_parser("demo", help="run a coordinator and show a job going through")
+    demo.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    demo.add_argument("--keep-running", action="store_true")
+    demo.set_defaults(handler=cmd_demo)
+
+    jobs = commands.add_parser("jobs", help="submit and follow jobs")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    submit = jobs_commands.add_parser("submit")
+    submit.add_argument("prompt")
+    submit.add_argument("--model")
+    submit.add_argument("--priority", choices=["low", "normal", "high"], default="normal")
+    submit.add_argument("--max-tokens", type=int, default=256)
+    get = jobs_commands.add_parser("get")
+    get.add_argument("job_id")
+    listing = jobs_commands.add_parser("list")
+    listing.add_argument("--status")
+    listing.add_argument("--limit", type=int, default=20)
+    cancel = jobs_commands.add_parser("cancel")
+    cancel.add_argument("job_id")
+    for sub in (submit, get, listing, cancel):
+        _add_client_flags(sub)
+    jobs.set_defaults(handler=cmd_jobs)
+
+    admin = commands.add_parser("admin", help="operator views")
+    admin.add_argument("admin_command", choices=["stats", "miners"])
+    _add_client_flags(admin)
+    admin.set_defaults(handler=cmd_admin)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aitbc`` console script."""
+    args = build_parser().parse_args(argv)
+    handler = args.handler
+    result: int = handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The job lifecycle: states, the transitions between them, and who may run what.
+
+A job is born ``pending``. A miner's claim makes it ``running`` (with a lease);
+the miner then completes it (``completed``) or reports a failure. A lease that
+lapses or a retryable failure puts it back to ``pending`` until ``max_attempts``
+claims have been spent, then it is ``failed``. A job past its ``timeout_seconds``
+is ``failed``. The client may cancel a job that is not yet terminal. Terminal
+states (completed, failed, cancelled) never change again.
+
+Storage applies these rules with conditional updates (``WHERE status = :expected``)
+so that concurrent requests cannot both win a transition.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from aitbc.errors import InvalidTransition
+
+
+class JobStatus(enum.StrEnum):
+    """The five job states of the contract."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    # running -> pending: lease lapsed or retryable failure, attempts left.
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PENDING}
+    ),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+class Priority(enum.StrEnum):
+    """Client-chosen priority; higher ranks are dispatched first."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        """Sortable number: high=2, normal=1, low=0."""
+        return PRIORITY_RANKS[self]
+
+
+PRIORITY_RANKS = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2}
+
+
+def is_terminal(status: JobStatus) -> bool:
+    """True for completed, failed and cancelled: states that never change again."""
+    return status in TERMINAL_STATUSES
+
+
+def ensure_transition(current: JobStatus, target: JobStatus) -> None:
+    """Raise :class:`InvalidTransition` unless ``current -> target`` is allowed."""
+    if target not in ALLOWED_TRANSITIONS[current]:
+        raise InvalidTransition(
+            f"job is {current.value}; it cannot become {target.value}",
+            error_code=f"job_{current.value}",
+        )
+
+
+def status_after_lost_attempt(attempts: int, max_attempts: int) -> JobStatus:
+    """Where a running job goes when its attempt is lost (lease lapsed, retryable failure).
+
+    ``attempts`` counts claims so far, including the one just lost.
+    """
+    return JobStatus.PENDING if attempts < max_attempts else JobStatus.FAILED
+
+
+def deadline(created_at: datetime, timeout_seconds: int) -> datetime:
+    """The moment a job that is not finished by then fails with ``timeout``."""
+    return created_at + timedelta(seconds=timeout_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Requirements:
+    """Hardware a job asks for; ``None`` means "any"."""
+
+    gpu_type: str | None = None
+    gpu_count: int | None = None
+    min_vram_gb: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MinerHardware:
+    """What a miner serves and has: the models it runs and its GPUs."""
+
+    models: frozenset[str]
+    gpu_name: str | None = None
+    gpu_memory_gb: float | None = None
+    gpu_count: int = 0
+
+
+def can_run(model: str, requirements: Requirements, miner: MinerHardware) -> bool:
+    """Whether ``miner`` may be given a job for ``model`` with ``requirements``.
+
+    The model must be one the miner serves (never substituted). ``gpu_type`` matches
+    case-insensitively as a substring of the GPU name ("a100" matches
+    "NVIDIA A100-SXM4-80GB"); ``gpu_count`` and ``min_vram_gb`` (per GPU) are minimums.
+    """
+    if model not in miner.models:
+        return False
+    if requirements.gpu_type and (
+        not miner.gpu_name or requirements.gpu_type.lower() not in miner.gpu_name.lower()
+    ):
+        return False
+    if requirements.gpu_count and miner.gpu_count < requirements.gpu_count:
+        return False
+    if requirements.min_vram_gb and (
+        miner.gpu_memory_gb is None or miner.gpu_memory_gb < requirements.min_vram_gb
+    ):
+        return False
+    return True

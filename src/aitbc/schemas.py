@@ -1,0 +1,305 @@
+"""Wire schemas of the HTTP contract, named after the seeds (Job, JobRequest, ...).
+
+Shared by the HTTP layer (request parsing, responses, OpenAPI) and clients. Request
+models forbid unknown fields so a typo is a 422, not a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from aitbc.domain.jobs import JobStatus, Priority
+
+MINER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+FILE_ID_PATTERN = re.compile(r"^file_[0-9a-f]{32}$")
+MAX_MAX_TOKENS = 32_768
+
+
+class StrictRequest(BaseModel):
+    """Base of request bodies: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobParams(StrictRequest):
+    """Generation parameters."""
+
+    max_tokens: int = Field(default=256, ge=1, le=MAX_MAX_TOKENS)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    stop: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=16
+    )
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+
+class JobRequirements(StrictRequest):
+    """Hardware the job needs; omitted fields mean "any"."""
+
+    gpu_type: str | None = Field(default=None, min_length=1, max_length=100)
+    gpu_count: int | None = Field(default=None, ge=1, le=64)
+    min_vram_gb: float | None = Field(default=None, ge=0, le=10_000)
+
+
+class OutputConfig(StrictRequest):
+    """Where and how the result is delivered: downloaded from the coordinator, as JSON or text."""
+
+    destination: Literal["local"] = "local"
+    format: Literal["json", "text"] = "json"
+
+
+class JobRequest(StrictRequest):
+    """A job submission: the union of both seed shapes (``prompt`` and ``input`` are aliases)."""
+
+    prompt: str | None = Field(default=None, min_length=1)
+    input: str | None = Field(
+        default=None, min_length=1, description="The prompt text, or a file_id from POST /v1/files"
+    )
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    params: JobParams = Field(default_factory=JobParams)
+    requirements: JobRequirements = Field(default_factory=JobRequirements)
+    priority: Priority = Priority.NORMAL
+    timeout_seconds: int | None = Field(default=None, ge=1)
+    output_config: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> JobRequest:
+        if self.prompt is None and self.input is None:
+            raise ValueError("one of 'prompt' or 'input' is required")
+        if self.prompt is not None and self.input is not None and self.prompt != self.input:
+            raise ValueError("'prompt' and 'input' are aliases; give one of them")
+        return self
+
+    @property
+    def text_or_file(self) -> str:
+        """The prompt text, or the file id given as ``input``."""
+        # The validator guarantees one of them is a non-empty string.
+        return self.prompt or self.input or ""
+
+    @property
+    def file_id(self) -> str | None:
+        """The file id when ``input`` names an uploaded file."""
+        if self.prompt is None and self.input and FILE_ID_PATTERN.match(self.input):
+            return self.input
+        return None
+
+
+class Usage(BaseModel):
+    """Metered tokens of a finished text-generation job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_tokens: int = Field(ge=0, le=10_000_000)
+    completion_tokens: int = Field(ge=0, le=10_000_000)
+
+
+class Job(BaseModel):
+    """A job as clients and miners see it."""
+
+    job_id: str
+    status: JobStatus
+    model: str
+    prompt: str
+    input_file_id: str | None = None
+    params: dict[str, Any]
+    requirements: JobRequirements
+    priority: Priority
+    timeout_seconds: int
+    output_config: OutputConfig
+    progress: int
+    attempts: int
+    miner_id: str | None
+    client_id: str
+    result: str | None
+    error: str | None
+    error_code: str | None
+    usage: Usage | None
+    estimated_cost: float | None = Field(description="AIT; null while no eligible miner is online")
+    estimated_time_seconds: float | None = Field(
+        description="seconds; null while the model has no completed jobs to learn from"
+    )
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class JobList(BaseModel):
+    """One page of jobs."""
+
+    jobs: list[Job]
+    total: int
+    has_more: bool
+
+
+class ClaimRequest(StrictRequest):
+    """A miner claiming a job it was offered."""
+
+    miner_id: str = Field(pattern=MINER_ID_PATTERN)
+
+
+class JobResult(StrictRequest):
+    """A miner's completion of a job it holds."""
+
+    miner_id: str = Field(pattern=MINER_ID_PATTERN)
+    result: str
+    completed_at: datetime | None = None
+    usage: Usage | None = None
+
+
+class ProgressReport(StrictRequest):
+    """How far a running job has got (0-100)."""
+
+    miner_id: str = Field(pattern=MINER_ID_PATTERN)
+    progress: int = Field(ge=0, le=100)
+
+
+class ProgressAck(BaseModel):
+    """Answer to a progress report; ``should_stop`` tells the miner to abandon the job."""
+
+    job_id: str
+    status: JobStatus
+    progress: int
+    should_stop: bool
+
+
+class FailureReport(StrictRequest):
+    """A miner giving up on a job; retryable failures put it back in the queue."""
+
+    miner_id: str = Field(pattern=MINER_ID_PATTERN)
+    error: str = Field(min_length=1, max_length=10_000)
+    retryable: bool = True
+
+
+class GpuInfo(StrictRequest):
+    """A miner's GPUs: name, memory per GPU (GB, number or text like "24GB"), count."""
+
+    name: str | None = Field(default=None, max_length=200)
+    memory: float | str | None = None
+    count: int = Field(default=1, ge=0, le=64)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_in_gb(cls, value: float | str | None) -> float | None:
+        return None if value is None else parse_memory_gb(value)
+
+
+def parse_memory_gb(value: float | str) -> float:
+    """Memory as GB from a number or text such as "24GB", "24 GiB", "16384MB"."""
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("memory must not be negative")
+        return float(value)
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([GMT]i?B?)?\s*", value, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"cannot read memory size {value!r}; use e.g. 24 or '24GB'")
+    number = float(match.group(1))
+    unit = (match.group(2) or "G")[0].upper()
+    return {"M": number / 1024, "G": number, "T": number * 1024}[unit]
+
+
+class MinerRegistration(StrictRequest):
+    """A miner announcing itself: id, models served, hardware and price."""
+
+    miner_id: str = Field(pattern=MINER_ID_PATTERN)
+    capabilities: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1, max_length=100
+    )
+    gpu_info: GpuInfo | None = None
+    price: Decimal = Field(
+        default=Decimal(0), ge=0, decimal_places=6, description="AIT per 1,000 tokens"
+    )
+
+
+class MinerCredentials(BaseModel):
+    """Returned once at registration: the miner's API key is never shown again."""
+
+    miner_id: str
+    api_key: str
+
+
+class Heartbeat(StrictRequest):
+    """A miner saying it is alive, how busy it is, and which jobs it is running."""
+
+    status: Literal["online", "busy", "draining"] = "online"
+    utilisation: float | None = Field(default=None, ge=0, le=100, description="percent")
+    running_jobs: list[str] = Field(default_factory=list, max_length=1024)
+
+
+class HeartbeatAck(BaseModel):
+    """Answer to a heartbeat: jobs the miner must stop (cancelled or no longer its own)."""
+
+    miner_id: str
+    status: str
+    cancelled_jobs: list[str]
+
+
+class Miner(BaseModel):
+    """A registered miner as the admin sees it."""
+
+    miner_id: str
+    capabilities: list[str]
+    gpu_info: GpuInfo
+    price: float
+    status: str
+    utilisation: float | None
+    running_jobs: int
+    jobs_completed: int
+    registered_at: datetime
+    last_heartbeat_at: datetime | None
+
+
+class ClientRegistration(StrictRequest):
+    """Optional name for a new client account."""
+
+    name: str | None = Field(default=None, max_length=200)
+
+
+class ClientCredentials(BaseModel):
+    """Returned once at client registration: the API key is never shown again."""
+
+    client_id: str
+    api_key: str
+
+
+class FileInfo(BaseModel):
+    """An uploaded file, usable as a job's ``input`` by its ``file_id``."""
+
+    file_id: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    created_at: datetime
+
+
+class AdminStats(BaseModel):
+    """System figures for operators."""
+
+    jobs_by_status: dict[str, int]
+    total_jobs: int
+    queue_depth: int
+    running_jobs: int
+    online_miners: int
+    total_miners: int
+    completed_last_minute: int
+
+
+class Health(BaseModel):
+    """Liveness and database reachability."""
+
+    status: Literal["ok", "degraded"]
+    version: str
+    database: Literal["ok", "error"]
+
+
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    detail: str
+    error_code: str
+    errors: list[dict[str, Any]] | None = None

@@ -1,0 +1,548 @@
+"""Job use cases: submission and reading for clients; polling, claiming, progress,
+failure and completion for miners. The rules live in ``aitbc.domain.jobs``; this
+module applies them in one transaction per call, with conditional updates so that
+concurrent calls cannot both win a transition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
+
+from aitbc.domain import pricing
+from aitbc.domain.jobs import (
+    JobStatus,
+    MinerHardware,
+    Requirements,
+    can_run,
+    deadline,
+    ensure_transition,
+    is_terminal,
+    status_after_lost_attempt,
+)
+from aitbc.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+)
+from aitbc.schemas import (
+    FailureReport,
+    Job,
+    JobList,
+    JobRequest,
+    JobResult,
+    ProgressAck,
+    ProgressReport,
+)
+from aitbc.services import miners as miner_service
+from aitbc.services.auth import require_client, require_miner, require_role
+from aitbc.services.dispatch import RECHECK_SECONDS, Offer
+from aitbc.services.runtime import Principal, Runtime
+from aitbc.services.views import job_view
+from aitbc.storage import queries
+from aitbc.storage.models import Job as JobRow
+from aitbc.storage.models import StoredFile
+
+TIMEOUT_ERROR_CODE = "timeout"
+LEASE_LAPSED_ERROR_CODE = "lease_expired"
+
+
+def _requirements(row: JobRow) -> Requirements:
+    return Requirements(
+        gpu_type=row.req_gpu_type,
+        gpu_count=row.req_gpu_count or None,
+        min_vram_gb=row.req_min_vram_gb or None,
+    )
+
+
+def offer_of(row: JobRow) -> Offer[JobRow]:
+    """What the dispatcher needs to hand ``row`` to a waiting miner."""
+    return Offer(job_id=row.id, model=row.model, requirements=_requirements(row), payload=row)
+
+
+def _visible_to(principal: Principal, row: JobRow) -> bool:
+    if principal.is_admin:
+        return True
+    if principal.role == "client":
+        return row.client_id == principal.owner_id
+    return principal.role == "miner" and row.miner_id == principal.owner_id
+
+
+async def _load_visible(session: AsyncSession, principal: Principal, job_id: str) -> JobRow:
+    row = await session.get(JobRow, job_id)
+    # A job someone else owns is reported as missing: ids are not an oracle.
+    if row is None or not _visible_to(principal, row):
+        raise NotFound(f"job {job_id} not found", error_code="job_not_found")
+    return row
+
+
+async def _prompt_from_file(session: AsyncSession, principal: Principal, file_id: str) -> str:
+    stored = await session.get(StoredFile, file_id)
+    if stored is None or stored.client_id != principal.owner_id:
+        raise NotFound(f"file {file_id} not found", error_code="file_not_found")
+    try:
+        return stored.data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"file {file_id} is not UTF-8 text; text-generation jobs need a text prompt",
+            error_code="file_not_text",
+        ) from exc
+
+
+async def submit(runtime: Runtime, principal: Principal, request: JobRequest) -> Job:
+    """Queue a job for the calling client and offer it to a waiting miner."""
+    client_id = require_client(principal)
+    settings = runtime.settings
+    timeout_seconds = request.timeout_seconds or settings.default_timeout_seconds
+    if timeout_seconds > settings.max_timeout_seconds:
+        raise InvalidRequest(
+            f"timeout_seconds may be at most {settings.max_timeout_seconds}",
+            error_code="timeout_too_long",
+        )
+    now = runtime.clock()
+    model = request.model or settings.default_model
+    requirements = Requirements(
+        gpu_type=request.requirements.gpu_type,
+        gpu_count=request.requirements.gpu_count,
+        min_vram_gb=request.requirements.min_vram_gb,
+    )
+    async with runtime.sessions.begin() as session:
+        file_id = request.file_id
+        prompt = (
+            await _prompt_from_file(session, principal, file_id)
+            if file_id
+            else request.text_or_file
+        )
+        if len(prompt) > settings.max_prompt_chars:
+            raise PayloadTooLarge(
+                f"prompt has {len(prompt)} characters; the limit is {settings.max_prompt_chars}",
+                error_code="prompt_too_large",
+            )
+        market = await runtime.estimates.get(session, now, settings.miner_offline_after_seconds)
+        max_tokens = request.params.max_tokens
+        row = JobRow(
+            id=runtime.new_id("job"),
+            client_id=client_id,
+            status=JobStatus.PENDING.value,
+            priority=request.priority.rank,
+            model=model,
+            prompt=prompt,
+            input_file_id=file_id,
+            params=request.params.model_dump(exclude_none=True),
+            req_gpu_type=requirements.gpu_type.lower() if requirements.gpu_type else None,
+            req_gpu_count=requirements.gpu_count or 0,
+            req_min_vram_gb=requirements.min_vram_gb or 0.0,
+            output_config=request.output_config.model_dump(),
+            timeout_seconds=timeout_seconds,
+            created_at=now,
+            deadline_at=deadline(now, timeout_seconds),
+            attempts=0,
+            progress=0,
+            estimated_cost_micro=pricing.estimate_cost_micro(
+                pricing.estimate_units(prompt, max_tokens),
+                market.eligible_prices(model, requirements),
+            ),
+            estimated_time_seconds=pricing.estimate_time_seconds(
+                max_tokens, market.speeds.get(model)
+            ),
+        )
+        session.add(row)
+    runtime.dispatcher.publish(offer_of(row))
+    return job_view(row)
+
+
+async def get(runtime: Runtime, principal: Principal, job_id: str) -> Job:
+    """One job, if the caller may see it."""
+    async with runtime.sessions() as session:
+        return job_view(await _load_visible(session, principal, job_id))
+
+
+def _owner_filter(principal: Principal) -> ColumnElement[bool] | None:
+    if principal.is_admin:
+        return None
+    if principal.role == "client":
+        return JobRow.client_id == principal.owner_id
+    return JobRow.miner_id == principal.owner_id
+
+
+async def list_jobs(
+    runtime: Runtime,
+    principal: Principal,
+    *,
+    status: JobStatus | None = None,
+    created_from: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: int = 20,
+    offset: int = 0,
+) -> JobList:
+    """The caller's jobs (all jobs for admins), newest first, in the list envelope."""
+    require_role(principal, "client", "admin")
+    query = select(JobRow)
+    owner = _owner_filter(principal)
+    if owner is not None:
+        query = query.where(owner)
+    if status is not None:
+        query = query.where(JobRow.status == status.value)
+    if created_from is not None:
+        query = query.where(JobRow.created_at >= created_from)
+    if created_before is not None:
+        query = query.where(JobRow.created_at < created_before)
+    async with runtime.sessions() as session:
+        rows, total = await queries.fetch_page(session, query, limit, offset)
+    return JobList(
+        jobs=[job_view(row) for row in rows], total=total, has_more=offset + len(rows) < total
+    )
+
+
+async def history(
+    runtime: Runtime, principal: Principal, start: date, end: date, limit: int, offset: int
+) -> JobList:
+    """Jobs created between two UTC dates, both inclusive."""
+    if end < start:
+        raise InvalidRequest("'to' is before 'from'", error_code="invalid_date_range")
+    created_from, created_before = queries.day_range(start, end)
+    return await list_jobs(
+        runtime,
+        principal,
+        created_from=created_from,
+        created_before=created_before,
+        limit=limit,
+        offset=offset,
+    )
+
+
+async def cancel(runtime: Runtime, principal: Principal, job_id: str) -> Job:
+    """Cancel a pending or running job; 409 once it is terminal."""
+    require_role(principal, "client", "admin")
+    now = runtime.clock()
+    async with runtime.sessions.begin() as session:
+        row = await _load_visible(session, principal, job_id)
+        current = JobStatus(row.status)
+        ensure_transition(current, JobStatus.CANCELLED)
+        await _transition(
+            session,
+            row,
+            current,
+            status=JobStatus.CANCELLED.value,
+            completed_at=now,
+            lease_expires_at=None,
+            error="cancelled by the client",
+            error_code="cancelled",
+        )
+    runtime.dispatcher.release(job_id)
+    return job_view(row)
+
+
+async def download(runtime: Runtime, principal: Principal, job_id: str) -> Job:
+    """A completed job, for its result to be delivered in its ``output_config.format``."""
+    job = await get(runtime, principal, job_id)
+    if job.status is not JobStatus.COMPLETED:
+        raise Conflict(
+            f"job is {job.status.value}; a result exists only once it is completed",
+            error_code="result_not_ready",
+        )
+    return job
+
+
+async def _transition(
+    session: AsyncSession, row: JobRow, expected: JobStatus, **values: object
+) -> None:
+    """Apply ``values`` only if the job is still in ``expected`` state (else 409)."""
+    result = await session.execute(
+        update(JobRow)
+        .where(JobRow.id == row.id, JobRow.status == expected.value)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict("the job changed state meanwhile; try again", error_code="job_changed")
+    _set_loaded(row, values)
+
+
+def _set_loaded(row: JobRow, values: dict[str, object]) -> None:
+    """Mirror an UPDATE already sent into the loaded row without marking it dirty."""
+    for key, value in values.items():
+        set_committed_value(row, key, value)
+
+
+# --- miners -------------------------------------------------------------------------
+
+
+async def next_for_miner(
+    runtime: Runtime, principal: Principal, miner_id: str, wait_seconds: float
+) -> Job | None:
+    """The job this miner should take next, waiting up to ``wait_seconds`` for one."""
+    require_miner(principal, miner_id)
+    hardware = await miner_service.hardware(runtime, miner_id)
+    dispatcher = runtime.dispatcher
+    wait_seconds = min(max(wait_seconds, 0.0), runtime.settings.max_long_poll_seconds)
+    give_up_at = runtime.clock() + timedelta(seconds=wait_seconds)
+    while True:
+        generation = dispatcher.generation
+        row = await _next_pending(runtime, hardware)
+        if row is not None:
+            dispatcher.mark_offered(row.id)
+            return job_view(row)
+        remaining = (give_up_at - runtime.clock()).total_seconds()
+        if remaining <= 0:
+            return None
+        offer = await dispatcher.wait(hardware, generation, min(remaining, RECHECK_SECONDS))
+        if offer is not None:
+            return job_view(offer.payload)
+
+
+async def _next_pending(runtime: Runtime, hardware: MinerHardware) -> JobRow | None:
+    async with runtime.sessions() as session:
+        return await queries.next_job_for(session, hardware, runtime.dispatcher.offered_ids())
+
+
+async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: str) -> Job:
+    """Give a pending job to this miner with a lease; exactly one concurrent claim wins."""
+    require_miner(principal, miner_id)
+    hardware = await miner_service.hardware(runtime, miner_id)
+    now = runtime.clock()
+    async with runtime.sessions.begin() as session:
+        row = await session.get(JobRow, job_id)
+        if row is None:
+            raise NotFound(f"job {job_id} not found", error_code="job_not_found")
+        current = JobStatus(row.status)
+        if current is not JobStatus.PENDING:
+            raise Conflict(f"job is {current.value}, not pending", error_code="already_claimed")
+        if not can_run(row.model, _requirements(row), hardware):
+            raise PermissionDenied(
+                "this miner does not serve the job's model or lacks the hardware it needs",
+                error_code="miner_not_eligible",
+            )
+        if now >= row.deadline_at:
+            raise Conflict("job has timed out", error_code="job_timed_out")
+        values = {
+            "status": JobStatus.RUNNING.value,
+            "miner_id": miner_id,
+            "started_at": now,
+            "lease_expires_at": now + timedelta(seconds=runtime.settings.lease_seconds),
+            "attempts": row.attempts + 1,
+            "progress": 0,
+        }
+        result = await session.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.status == JobStatus.PENDING.value)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise Conflict("job was claimed by another miner", error_code="already_claimed")
+        _set_loaded(row, values)
+    runtime.dispatcher.release(job_id)
+    return job_view(row)
+
+
+async def _held_job(session: AsyncSession, job_id: str, miner_id: str) -> JobRow:
+    row = await session.get(JobRow, job_id)
+    if row is None:
+        raise NotFound(f"job {job_id} not found", error_code="job_not_found")
+    if row.miner_id != miner_id:
+        raise Conflict("this miner does not hold the job", error_code="not_lease_holder")
+    return row
+
+
+async def report_progress(
+    runtime: Runtime, principal: Principal, job_id: str, report: ProgressReport
+) -> ProgressAck:
+    """Record progress and renew the lease; tell the miner to stop if the job ended."""
+    require_miner(principal, report.miner_id)
+    now = runtime.clock()
+    async with runtime.sessions.begin() as session:
+        row = await _held_job(session, job_id, report.miner_id)
+        status = JobStatus(row.status)
+        if status is JobStatus.RUNNING:
+            await _transition(
+                session,
+                row,
+                status,
+                progress=max(row.progress, report.progress),
+                lease_expires_at=now + timedelta(seconds=runtime.settings.lease_seconds),
+            )
+        return ProgressAck(
+            job_id=row.id,
+            status=status,
+            progress=row.progress,
+            should_stop=status is not JobStatus.RUNNING,
+        )
+
+
+async def report_failure(
+    runtime: Runtime, principal: Principal, job_id: str, report: FailureReport
+) -> Job:
+    """A miner gives up: retryable failures requeue the job while attempts remain."""
+    require_miner(principal, report.miner_id)
+    now = runtime.clock()
+    async with runtime.sessions.begin() as session:
+        row = await _held_job(session, job_id, report.miner_id)
+        current = JobStatus(row.status)
+        if current is not JobStatus.RUNNING:
+            raise Conflict(
+                f"job is {current.value}, not running", error_code=f"job_{current.value}"
+            )
+        target = (
+            status_after_lost_attempt(row.attempts, runtime.settings.max_attempts)
+            if report.retryable
+            else JobStatus.FAILED
+        )
+        await _transition(
+            session, row, current, **_lost_attempt_values(target, now, report.error, "miner_error")
+        )
+    if target is JobStatus.PENDING:
+        runtime.dispatcher.publish(offer_of(row))
+    return job_view(row)
+
+
+def _lost_attempt_values(
+    target: JobStatus, now: datetime, error: str, error_code: str
+) -> dict[str, object]:
+    """Column values for a running job whose attempt ended without a result."""
+    if target is JobStatus.PENDING:
+        return {
+            "status": target.value,
+            "miner_id": None,
+            "started_at": None,
+            "lease_expires_at": None,
+            "progress": 0,
+            "error": error,
+            "error_code": error_code,
+        }
+    return {
+        "status": target.value,
+        "completed_at": now,
+        "lease_expires_at": None,
+        "error": error,
+        "error_code": error_code,
+    }
+
+
+def result_digest(result: str) -> str:
+    """SHA-256 hex of the result's UTF-8 bytes (the receipt's ``result_hash``)."""
+    return hashlib.sha256(result.encode()).hexdigest()
+
+
+async def complete(
+    runtime: Runtime, principal: Principal, job_id: str, job_result: JobResult
+) -> Job:
+    """Store the result of a job this miner holds; re-sending the same result is a no-op."""
+    require_miner(principal, job_result.miner_id)
+    now = runtime.clock()
+    digest = result_digest(job_result.result)
+    async with runtime.sessions.begin() as session:
+        row = await _held_job(session, job_id, job_result.miner_id)
+        current = JobStatus(row.status)
+        if current is JobStatus.COMPLETED:
+            if row.result_sha256 == digest:
+                return job_view(row)  # idempotent re-send
+            raise Conflict(
+                "job was already completed with a different result",
+                error_code="already_completed",
+            )
+        if is_terminal(current):
+            raise Conflict(f"job is {current.value}", error_code=f"job_{current.value}")
+        if now >= row.deadline_at:
+            await _transition(session, row, current, **_timeout_values(row, now))
+            timed_out = True
+        else:
+            ensure_transition(current, JobStatus.COMPLETED)
+            usage = job_result.usage
+            await _transition(
+                session,
+                row,
+                current,
+                status=JobStatus.COMPLETED.value,
+                result=job_result.result,
+                result_sha256=digest,
+                completed_at=now,
+                lease_expires_at=None,
+                progress=100,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
+            )
+            timed_out = False
+    if timed_out:
+        raise Conflict("job passed its timeout before completing", error_code="job_timed_out")
+    return job_view(row)
+
+
+def _timeout_values(row: JobRow, now: datetime) -> dict[str, object]:
+    return {
+        "status": JobStatus.FAILED.value,
+        "completed_at": now,
+        "lease_expires_at": None,
+        "error": f"job did not finish within its timeout of {row.timeout_seconds} seconds",
+        "error_code": TIMEOUT_ERROR_CODE,
+    }
+
+
+# --- sweeping -----------------------------------------------------------------------
+
+
+async def sweep(runtime: Runtime) -> dict[str, int]:
+    """Fail timed-out jobs and requeue (or fail) jobs whose lease lapsed.
+
+    Runs in the background every ``sweep_interval_seconds``; each change is a
+    conditional update, so a miner completing at the same moment cannot be overwritten.
+    """
+    now = runtime.clock()
+    max_attempts = runtime.settings.max_attempts
+    timed_out = requeued = failed = 0
+    requeued_rows: list[JobRow] = []
+    async with runtime.sessions.begin() as session:
+        overdue = (
+            await session.scalars(
+                select(JobRow).where(
+                    JobRow.status.in_([JobStatus.PENDING.value, JobStatus.RUNNING.value]),
+                    JobRow.deadline_at <= now,
+                )
+            )
+        ).all()
+        for row in overdue:
+            if await _try_transition(
+                session, row, JobStatus(row.status), _timeout_values(row, now)
+            ):
+                timed_out += 1
+                runtime.dispatcher.release(row.id)
+        lapsed = (
+            await session.scalars(
+                select(JobRow).where(
+                    JobRow.status == JobStatus.RUNNING.value, JobRow.lease_expires_at <= now
+                )
+            )
+        ).all()
+        for row in lapsed:
+            target = status_after_lost_attempt(row.attempts, max_attempts)
+            error = (
+                f"miner {row.miner_id} stopped renewing its lease"
+                if target is JobStatus.PENDING
+                else f"lease lapsed on all {row.attempts} attempts"
+            )
+            values = _lost_attempt_values(target, now, error, LEASE_LAPSED_ERROR_CODE)
+            if await _try_transition(session, row, JobStatus.RUNNING, values):
+                if target is JobStatus.PENDING:
+                    requeued += 1
+                    requeued_rows.append(row)
+                else:
+                    failed += 1
+    for row in requeued_rows:
+        runtime.dispatcher.publish(offer_of(row))
+    return {"timed_out": timed_out, "requeued": requeued, "failed": failed}
+
+
+async def _try_transition(
+    session: AsyncSession, row: JobRow, expected: JobStatus, values: dict[str, object]
+) -> bool:
+    try:
+        await _transition(session, row, expected, **values)
+    except Conflict:
+        return False
+    return True

@@ -1,0 +1,144 @@
+"""Miner use cases: registration (key shown once), heartbeats, hardware lookup."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from aitbc.domain.jobs import JobStatus, MinerHardware
+from aitbc.domain.money import to_micro
+from aitbc.errors import Conflict, NotFound, PermissionDenied
+from aitbc.schemas import Heartbeat, HeartbeatAck, MinerCredentials, MinerRegistration
+from aitbc.services.auth import add_key, require_miner
+from aitbc.services.runtime import Principal, Runtime
+from aitbc.storage import queries
+from aitbc.storage.models import Job, Miner
+
+
+def _hardware_of(miner: Miner) -> MinerHardware:
+    return MinerHardware(
+        models=frozenset(miner.capabilities),
+        gpu_name=miner.gpu_name,
+        gpu_memory_gb=miner.gpu_memory_gb,
+        gpu_count=miner.gpu_count,
+    )
+
+
+async def register(
+    runtime: Runtime, principal: Principal | None, registration: MinerRegistration
+) -> tuple[MinerCredentials | None, bool]:
+    """Register a new miner (returns its key) or update one with its own key.
+
+    Returns ``(credentials, created)``; credentials are None for an update, since the
+    existing key stays valid and is never shown again.
+    """
+    gpu = registration.gpu_info
+    values = {
+        "capabilities": sorted(set(registration.capabilities)),
+        "gpu_name": gpu.name if gpu else None,
+        "gpu_memory_gb": float(gpu.memory) if gpu and gpu.memory is not None else None,
+        "gpu_count": gpu.count if gpu and gpu.name else 0,
+        "price_micro": to_micro(registration.price),
+    }
+    now = runtime.clock()
+    miner_id = registration.miner_id
+    async with runtime.sessions.begin() as session:
+        existing = await session.get(Miner, miner_id)
+        if existing is not None:
+            if principal is None or principal.role != "miner":
+                raise Conflict(
+                    f"miner {miner_id} is already registered; update it with its own key",
+                    error_code="miner_exists",
+                )
+            require_miner(principal, miner_id)
+            for key, value in values.items():
+                setattr(existing, key, value)
+            credentials = None
+        else:
+            if principal is not None and principal.role == "miner":
+                raise PermissionDenied(
+                    "a miner key cannot register another miner", error_code="miner_mismatch"
+                )
+            session.add(
+                Miner(
+                    id=miner_id,
+                    status="online",
+                    utilisation=None,
+                    running_jobs=0,
+                    registered_at=now,
+                    last_heartbeat_at=now,
+                    **values,
+                )
+            )
+            credentials = MinerCredentials(
+                miner_id=miner_id, api_key=add_key(session, runtime, "miner", miner_id)
+            )
+    runtime.hardware_cache.pop(miner_id, None)
+    runtime.estimates.invalidate()
+    return credentials, existing is None
+
+
+async def hardware(runtime: Runtime, miner_id: str) -> MinerHardware:
+    """What ``miner_id`` serves, from the cache or the database."""
+    cached = runtime.hardware_cache.get(miner_id)
+    if cached is not None:
+        return cached
+    async with runtime.sessions() as session:
+        miner = await session.get(Miner, miner_id)
+    if miner is None:
+        raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
+    result = runtime.hardware_cache[miner_id] = _hardware_of(miner)
+    return result
+
+
+async def heartbeat(
+    runtime: Runtime, principal: Principal, miner_id: str, beat: Heartbeat
+) -> HeartbeatAck:
+    """Record liveness, renew the leases of the miner's running jobs, report cancellations.
+
+    ``cancelled_jobs`` lists the jobs the miner says it runs that are no longer running
+    for it (cancelled, timed out or given to another miner): it must stop them.
+    """
+    require_miner(principal, miner_id)
+    now = runtime.clock()
+    async with runtime.sessions.begin() as session:
+        result = await session.execute(
+            update(Miner)
+            .where(Miner.id == miner_id)
+            .values(
+                last_heartbeat_at=now,
+                status=beat.status,
+                utilisation=beat.utilisation,
+                running_jobs=len(beat.running_jobs),
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
+        await queries.renew_leases(
+            session, miner_id, now + timedelta(seconds=runtime.settings.lease_seconds), ()
+        )
+        stopped: list[str] = []
+        if beat.running_jobs:
+            rows = await session.execute(
+                select(Job.id, Job.status, Job.miner_id).where(Job.id.in_(beat.running_jobs))
+            )
+            still_running = {
+                job_id
+                for job_id, status, holder in rows
+                if status == JobStatus.RUNNING.value and holder == miner_id
+            }
+            stopped = [job_id for job_id in beat.running_jobs if job_id not in still_running]
+    return HeartbeatAck(miner_id=miner_id, status="ok", cancelled_jobs=stopped)
+
+
+async def mark_offline(runtime: Runtime) -> int:
+    """Mark miners silent for ``miner_offline_after_seconds`` as offline; return how many."""
+    cutoff = runtime.clock() - timedelta(seconds=runtime.settings.miner_offline_after_seconds)
+    async with runtime.sessions.begin() as session:
+        result = await session.execute(
+            update(Miner)
+            .where(Miner.status != "offline", Miner.last_heartbeat_at < cutoff)
+            .values(status="offline")
+        )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,63 @@
+"""The coordinator's running state: settings, database, clock, ids and in-memory helpers.
+
+Built once by ``create_app`` and handed to every service call. Time and randomness
+come from here so tests can pin them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from aitbc.domain.jobs import MinerHardware
+from aitbc.services.dispatch import Dispatcher
+from aitbc.services.estimates import EstimateCache
+from aitbc.settings import Settings
+from aitbc.storage.models import Job
+
+Clock = Callable[[], datetime]
+IdFactory = Callable[[str], str]
+
+
+def utc_now() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+def random_id(prefix: str) -> str:
+    """``prefix`` + 32 random hex digits: unguessable, so ids leak nothing."""
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a role and the client or miner id the key acts as."""
+
+    role: str
+    owner_id: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        """Admins see and act on everything."""
+        return self.role == "admin"
+
+
+@dataclass
+class Runtime:
+    """Everything services need, passed explicitly."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    clock: Clock = utc_now
+    new_id: IdFactory = random_id
+    dispatcher: Dispatcher[Job] = field(default_factory=Dispatcher)
+    # SHA-256 of key -> principal; filled on first use, dropped on revocation.
+    key_cache: dict[str, Principal] = field(default_factory=dict)
+    # miner id -> what it serves; miners change it only by registering again.
+    hardware_cache: dict[str, MinerHardware] = field(default_factory=dict)
+    estimates: EstimateCache = field(default_factory=EstimateCache)

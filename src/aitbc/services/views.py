@@ -1,0 +1,66 @@
+"""Stored rows to wire schemas."""
+
+from __future__ import annotations
+
+from aitbc.domain.jobs import JobStatus, Priority
+from aitbc.domain.money import to_ait
+from aitbc.schemas import GpuInfo, Job, JobRequirements, Miner, OutputConfig, Usage
+from aitbc.storage import models
+
+PRIORITY_BY_RANK = {priority.rank: priority for priority in Priority}
+
+
+def job_view(job: models.Job) -> Job:
+    """The ``Job`` schema of a stored job."""
+    usage = (
+        Usage(prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens)
+        if job.prompt_tokens is not None and job.completion_tokens is not None
+        else None
+    )
+    return Job(
+        job_id=job.id,
+        status=JobStatus(job.status),
+        model=job.model,
+        prompt=job.prompt,
+        input_file_id=job.input_file_id,
+        params=job.params,
+        requirements=JobRequirements(
+            gpu_type=job.req_gpu_type,
+            gpu_count=job.req_gpu_count or None,
+            min_vram_gb=job.req_min_vram_gb or None,
+        ),
+        priority=PRIORITY_BY_RANK[job.priority],
+        timeout_seconds=job.timeout_seconds,
+        output_config=OutputConfig.model_validate(job.output_config),
+        progress=job.progress,
+        attempts=job.attempts,
+        miner_id=job.miner_id,
+        client_id=job.client_id,
+        result=job.result,
+        error=job.error,
+        error_code=job.error_code,
+        usage=usage,
+        estimated_cost=(
+            None if job.estimated_cost_micro is None else to_ait(job.estimated_cost_micro)
+        ),
+        estimated_time_seconds=job.estimated_time_seconds,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        completed_at=job.completed_at,
+    )
+
+
+def miner_view(miner: models.Miner, jobs_completed: int) -> Miner:
+    """The admin's ``Miner`` schema of a stored miner."""
+    return Miner(
+        miner_id=miner.id,
+        capabilities=miner.capabilities,
+        gpu_info=GpuInfo(name=miner.gpu_name, memory=miner.gpu_memory_gb, count=miner.gpu_count),
+        price=to_ait(miner.price_micro),
+        status=miner.status,
+        utilisation=miner.utilisation,
+        running_jobs=miner.running_jobs,
+        jobs_completed=jobs_completed,
+        registered_at=miner.registered_at,
+        last_heartbeat_at=miner.last_heartbeat_at,
+    )

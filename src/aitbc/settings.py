@@ -1,0 +1,75 @@
+"""Coordinator settings: flags, then ``AITBC_*`` environment variables, then defaults.
+
+Never built at import time: ``aitbc serve`` builds one from its flags and
+``create_app(settings)`` receives it explicitly, so tests construct settings
+directly with no environment tricks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8001
+
+
+class Settings(BaseSettings):
+    """Everything the coordinator can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="AITBC_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = Path("aitbc-data")
+    # None means "SQLite file in data_dir"; postgresql://... selects PostgreSQL.
+    database_url: str | None = None
+    admin_key: str | None = None
+    redis_url: str | None = None
+
+    open_client_registration: bool = True
+    open_miner_registration: bool = True
+
+    # Rate limits in the `limits` library's notation; an empty string disables them.
+    rate_limit: str = "60/minute;1000/hour"
+    # Miner daemons heartbeat and long-poll on their own, so they get their own budget.
+    miner_rate_limit: str = "600/minute;20000/hour"
+    # "memory://" keeps counters in-process; "redis://host:6379" shares them.
+    rate_limit_storage_url: str = "memory://"
+
+    default_model: str = "smollm2-135m"
+    lease_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    sweep_interval_seconds: float = Field(default=1.0, gt=0)
+    miner_offline_after_seconds: float = Field(default=60.0, gt=0)
+    max_long_poll_seconds: float = Field(default=30.0, ge=0)
+    default_timeout_seconds: int = Field(default=3600, ge=1)
+    max_timeout_seconds: int = Field(default=86400, ge=1)
+
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    max_upload_bytes: int = Field(default=10 * 1_048_576, ge=1)
+    max_prompt_chars: int = Field(default=1_000_000, ge=1)
+
+    log_level: str = "info"
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy async URL: the configured one, or SQLite under data_dir."""
+        url = self.database_url
+        if not url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'aitbc.db').resolve()}"
+        return to_async_url(url)
+
+
+def to_async_url(url: str) -> str:
+    """Map plain ``postgresql://`` / ``sqlite://`` URLs to their async drivers."""
+    for plain, async_prefix in (
+        ("postgresql+asyncpg://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite+aiosqlite://", "sqlite+aiosqlite://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return async_prefix + url[len(plain) :]
+    return url

@@ -1,0 +1,156 @@
+"""SQLAlchemy 2 table models; the schema itself is created by Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Store as naive UTC so SQLite and PostgreSQL compare the same way."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Read back as aware UTC."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every AITBC table."""
+
+    type_annotation_map: dict[Any, Any] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[str]: JSON(),
+    }
+
+
+class Client(Base):
+    """Someone who submits jobs and pays for them."""
+
+    __tablename__ = "clients"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class ApiKey(Base):
+    """An API key, stored only as the SHA-256 of the secret."""
+
+    __tablename__ = "api_keys"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    # The client id or miner id the key acts as; None for admin keys.
+    owner_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class Miner(Base):
+    """A compute provider: what it serves, its hardware, price and liveness."""
+
+    __tablename__ = "miners"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    capabilities: Mapped[list[str]]
+    gpu_name: Mapped[str | None] = mapped_column(String(200))
+    gpu_memory_gb: Mapped[float | None] = mapped_column(Float)
+    gpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    # AIT per 1,000 units, in µAIT.
+    price_micro: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    utilisation: Mapped[float | None] = mapped_column(Float)
+    running_jobs: Mapped[int] = mapped_column(Integer, default=0)
+    registered_at: Mapped[datetime]
+    last_heartbeat_at: Mapped[datetime | None]
+
+
+class StoredFile(Base):
+    """An uploaded input file, kept in the database so one backup holds everything."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class Job(Base):
+    """One AI job and everything that happened to it."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(200))
+    prompt: Mapped[str] = mapped_column(Text)
+    input_file_id: Mapped[str | None] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]]
+    # Requirements as columns so dispatch can filter in SQL; gpu_type is lower-case.
+    req_gpu_type: Mapped[str | None] = mapped_column(String(100))
+    req_gpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    req_min_vram_gb: Mapped[float] = mapped_column(Float, default=0.0)
+    output_config: Mapped[dict[str, Any]]
+    timeout_seconds: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    deadline_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    miner_id: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[str | None] = mapped_column(Text)
+    result_sha256: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    estimated_cost_micro: Mapped[int | None] = mapped_column(BigInteger)
+    estimated_time_seconds: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        Index("ix_jobs_dispatch", "status", "priority", "created_at"),
+        Index("ix_jobs_client_created", "client_id", "created_at"),
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_status_deadline", "status", "deadline_at"),
+        Index("ix_jobs_miner_status", "miner_id", "status"),
+        Index("ix_jobs_status_completed", "status", "completed_at"),
+    )
