@@ -6,6 +6,7 @@ models forbid unknown fields so a typo is a 422, not a silently ignored option.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from decimal import Decimal
@@ -84,7 +85,7 @@ class JobRequest(StrictRequest):
     @property
     def file_id(self) -> str | None:
         """The file id when ``input`` names an uploaded file."""
-        if self.prompt is None and self.input and FILE_ID_PATTERN.match(self.input):
+        if self.prompt is None and self.input and FILE_ID_PATTERN.fullmatch(self.input):
             return self.input
         return None
 
@@ -191,8 +192,8 @@ class GpuInfo(StrictRequest):
 def parse_memory_gb(value: float | str) -> float:
     """Memory as GB from a number or text such as "24GB", "24 GiB", "16384MB"."""
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("memory must not be negative")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("memory must be a finite, non-negative number of GB")
         return float(value)
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([GMT]i?B?)?\s*", value, re.IGNORECASE)
     if not match:

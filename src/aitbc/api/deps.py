@@ -11,13 +11,13 @@ from aitbc.errors import AITBCError, AuthenticationRequired
 from aitbc.services.runtime import Principal, Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     """The coordinator runtime built by ``create_app``."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_optional_principal(request: Request) -> Principal | None:
+async def get_optional_principal(request: Request) -> Principal | None:
     """The caller if a valid key was sent, None if no key; a bad key is an error."""
     error: AITBCError | None = getattr(request.state, AUTH_ERROR_STATE_KEY, None)
     if error is not None:
@@ -26,7 +26,7 @@ def get_optional_principal(request: Request) -> Principal | None:
     return principal
 
 
-def get_principal(
+async def get_principal(
     principal: Annotated[Principal | None, Depends(get_optional_principal)],
 ) -> Principal:
     """The caller; 401 without a valid ``X-Api-Key``."""

@@ -31,6 +31,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aitbc.api import create_app
 
     settings = _settings_from(args)
+    if os.environ.get("AITBC_SWITCH"):
+        sys.setswitchinterval(float(os.environ["AITBC_SWITCH"]))
     app = create_app(settings)
     print(
         f"aitbc {__version__}: coordinator on http://{settings.host}:{settings.port} "

@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 
 from aitbc.errors import ValidationFailed
 
 MICRO_PER_AIT = 1_000_000
 UNITS_PER_PRICE = 1_000  # a miner's price is AIT per 1,000 units (tokens)
 MAX_SUPPLY_MICRO = 10**9 * MICRO_PER_AIT
+_EXACT = Context(prec=MAX_PREC, Emin=MIN_EMIN, Emax=MAX_EMAX)
 
 
 def to_micro(amount: Decimal | int | float | str) -> int:
@@ -23,13 +24,13 @@ def to_micro(amount: Decimal | int | float | str) -> int:
         raise ValidationFailed(f"not an amount: {amount!r}") from exc
     if not value.is_finite() or value < 0:
         raise ValidationFailed(f"amount must be a finite non-negative number: {amount!r}")
-    micro = value * MICRO_PER_AIT
+    if value > MAX_SUPPLY_MICRO // MICRO_PER_AIT:
+        raise ValidationFailed(f"amount exceeds total supply: {amount!r}")
+    # Exact scaling: the default 28-digit context would round extra decimals away.
+    micro = value.scaleb(6, _EXACT)
     if micro != micro.to_integral_value():
         raise ValidationFailed(f"amount has more than 6 decimals: {amount!r}")
-    result = int(micro)
-    if result > MAX_SUPPLY_MICRO:
-        raise ValidationFailed(f"amount exceeds total supply: {amount!r}")
-    return result
+    return int(micro)
 
 
 def to_ait(micro: int) -> float:

@@ -103,6 +103,9 @@ class Dispatcher(Generic[T]):
         try:
             return await asyncio.wait_for(asyncio.shield(future), max_wait_seconds)
         except TimeoutError:
+            # Handed a job in the same loop step the wait timed out: still ours.
+            if future.done() and not future.cancelled():
+                return future.result()
             return None
         finally:
             with contextlib.suppress(ValueError):

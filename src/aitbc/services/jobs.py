@@ -7,6 +7,7 @@ concurrent calls cannot both win a transition.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import ColumnElement, select, update
@@ -50,6 +51,8 @@ from aitbc.storage.models import Job as JobRow
 from aitbc.storage.models import StoredFile
 
 TIMEOUT_ERROR_CODE = "timeout"
+# Jobs read per poll, so concurrent polls can each pick a different one.
+CANDIDATES_PER_POLL = 8
 LEASE_LAPSED_ERROR_CODE = "lease_expired"
 
 
@@ -285,10 +288,16 @@ async def next_for_miner(
     give_up_at = runtime.clock() + timedelta(seconds=wait_seconds)
     while True:
         generation = dispatcher.generation
-        row = await _next_pending(runtime, hardware)
+        candidates = await _next_pending(runtime, hardware)
+        # Other polls may have been offered some of these while we awaited the
+        # database; picking and marking now, with no await in between, is atomic.
+        offered = dispatcher.offered_ids()
+        row = next((c for c in candidates if c.id not in offered), None)
         if row is not None:
             dispatcher.mark_offered(row.id)
             return job_view(row)
+        if len(candidates) == CANDIDATES_PER_POLL:
+            continue  # all taken meanwhile, but more may be queued
         remaining = (give_up_at - runtime.clock()).total_seconds()
         if remaining <= 0:
             return None
@@ -297,9 +306,11 @@ async def next_for_miner(
             return job_view(offer.payload)
 
 
-async def _next_pending(runtime: Runtime, hardware: MinerHardware) -> JobRow | None:
+async def _next_pending(runtime: Runtime, hardware: MinerHardware) -> Sequence[JobRow]:
     async with runtime.sessions() as session:
-        return await queries.next_job_for(session, hardware, runtime.dispatcher.offered_ids())
+        return await queries.next_jobs_for(
+            session, hardware, runtime.dispatcher.offered_ids(), CANDIDATES_PER_POLL
+        )
 
 
 async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: str) -> Job:
@@ -465,6 +476,8 @@ async def complete(
                 completed_at=now,
                 lease_expires_at=None,
                 progress=100,
+                error=None,
+                error_code=None,
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
             )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+
+from aitbc.storage.inline_sqlite import inline_creator
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
@@ -22,11 +24,19 @@ def create_engine(url: str) -> AsyncEngine:
     SQLite allows one writer at a time and its busy handler sleeps in growing steps,
     which wrecks latency under contention; so the coordinator keeps a single
     connection and lets asyncio queue requests for it (each transaction is short and
-    nothing waits while holding it). WAL lets readers outside the process (backups,
+    nothing waits while holding it), running statements inline on the event loop
+    (see ``inline_sqlite``). WAL lets readers outside the process (backups,
     ``sqlite3``) read while it writes.
     """
     if is_sqlite(url):
-        engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+        database = make_url(url).database
+        engine = create_async_engine(
+            url,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
+            async_creator=inline_creator(database or ":memory:"),
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

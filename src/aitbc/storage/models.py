@@ -17,6 +17,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -147,7 +148,9 @@ class Job(Base):
     estimated_time_seconds: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
-        Index("ix_jobs_dispatch", "status", "priority", "created_at"),
+        # Matches the dispatch order (priority DESC, created_at, id) so the next job
+        # is read off the index without sorting the queue.
+        Index("ix_jobs_dispatch", "status", text("priority DESC"), "created_at", "id"),
         Index("ix_jobs_client_created", "client_id", "created_at"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_status_deadline", "status", "deadline_at"),

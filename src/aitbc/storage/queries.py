@@ -27,15 +27,16 @@ def dispatch_filter(hardware: Hardware) -> ColumnElement[bool]:
     )
 
 
-async def next_job_for(
-    session: AsyncSession, hardware: Hardware, exclude_ids: Collection[str]
-) -> Job | None:
-    """The pending job ``hardware`` should run next: highest priority, then oldest."""
+async def next_jobs_for(
+    session: AsyncSession, hardware: Hardware, exclude_ids: Collection[str], limit: int
+) -> Sequence[Job]:
+    """Up to ``limit`` pending jobs ``hardware`` may run, in dispatch order:
+    highest priority, then oldest."""
     query = select(Job).where(dispatch_filter(hardware))
     if exclude_ids:
         query = query.where(Job.id.not_in(list(exclude_ids)))
-    query = query.order_by(Job.priority.desc(), Job.created_at, Job.id).limit(1)
-    return (await session.scalars(query)).first()
+    query = query.order_by(Job.priority.desc(), Job.created_at, Job.id).limit(limit)
+    return (await session.scalars(query)).all()
 
 
 def jobs_page(query: Select[Job], limit: int, offset: int) -> tuple[Select[Job], Select[int]]:

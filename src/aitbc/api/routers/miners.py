@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from aitbc.api.deps import OptionalPrincipalDep, PrincipalDep, RuntimeDep
 from aitbc.errors import PermissionDenied
@@ -62,13 +64,35 @@ async def heartbeat(
 
 @router.get("/v1/jobs/available", response_model=Job | None)
 async def available_job(
+    request: Request,
     runtime: RuntimeDep,
     principal: PrincipalDep,
     miner_id: Annotated[str, Query(pattern=MINER_ID_PATTERN)],
     wait: Annotated[float, Query(ge=0, le=300, description="long-poll seconds")] = 0,
-) -> Job | None:
+) -> Job | Response | None:
     """The next job this miner can run (priority, then age), or null after ``wait`` s."""
-    return await jobs.next_for_miner(runtime, principal, miner_id, wait)
+    poll = asyncio.ensure_future(jobs.next_for_miner(runtime, principal, miner_id, wait))
+    if wait <= 0:
+        return await poll
+    # A miner that hangs up mid-poll must not be handed a job nobody will read:
+    # cancelling the poll withdraws it from the dispatcher (and releases any offer).
+    hung_up = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({poll, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hung_up.cancel()
+    if not poll.done():
+        poll.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poll
+        return Response(status_code=499)
+    return poll.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed the connection."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.post("/v1/jobs/{job_id}/claim", response_model=Job)

@@ -112,7 +112,9 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index("ix_jobs_client_created", ["client_id", "created_at"], unique=False)
         batch_op.create_index(
-            "ix_jobs_dispatch", ["status", "priority", "created_at"], unique=False
+            "ix_jobs_dispatch",
+            ["status", sa.text("priority DESC"), "created_at", "id"],
+            unique=False,
         )
         batch_op.create_index("ix_jobs_miner_status", ["miner_id", "status"], unique=False)
         batch_op.create_index("ix_jobs_status_completed", ["status", "completed_at"], unique=False)

@@ -1,0 +1,329 @@
+"""Benchmark: full job lifecycles through a real coordinator process over HTTP.
+
+Starts ``aitbc serve`` (SQLite by default, or ``--database-url postgresql://...`` on a
+fresh database created for the run), registers one client and M simulated miners, and:
+
+1. **throughput**: submits N jobs (``--submitters`` concurrent submit loops) while the
+   M miners loop ``available?wait`` -> ``claim`` -> ``complete``. Prints full
+   lifecycles per second (first submit to last completion).
+2. **dispatch latency**: with all miners idle and long-polling, submits jobs one at a
+   time and measures submit (request sent) -> a waiting miner receiving the job.
+   Prints p50/p99.
+
+The miners run no model (no-op jobs): this measures the coordinator, as the Celery
+and procrastinate figures it is compared with do. Rate limits stay on, set high, so
+their cost is included.
+
+    python bench/lifecycle.py --jobs 3000 --miners 8
+    python bench/lifecycle.py --database-url postgresql://postgres@127.0.0.1:5432/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ADMIN_KEY = "bench-admin-key"
+MODEL = "bench-model"
+
+
+@dataclass
+class Recorder:
+    """Timestamps per job: submit sent, handed to a miner, completed."""
+
+    submitted: dict[str, float] = field(default_factory=dict)
+    received: dict[str, float] = field(default_factory=dict)
+    completed: int = 0
+    conflicts: int = 0
+    progressed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def complete_one(self) -> None:
+        self.completed += 1
+        self.progressed.set()
+
+    async def wait_for(self, completed: int) -> None:
+        """Until at least ``completed`` jobs are done."""
+        while self.completed < completed:
+            self.progressed.clear()
+            await self.progressed.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres(url: str) -> Any:
+    """Create a throw-away database next to ``url``'s, yield its URL, drop it after."""
+    import asyncpg
+
+    plain = url.replace("postgresql+asyncpg://", "postgresql://")
+    name = f"aitbc_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(plain)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    base, _, _ = plain.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(plain)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def start_server(port: int, data_dir: Path, database_url: str | None) -> subprocess.Popen[bytes]:
+    """``aitbc serve`` as a child process, rate limits high but on."""
+    env = {
+        **os.environ,
+        "AITBC_ADMIN_KEY": ADMIN_KEY,
+        "AITBC_RATE_LIMIT": "10000000/minute",
+        "AITBC_MINER_RATE_LIMIT": "10000000/minute",
+        "AITBC_LOG_LEVEL": "warning",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "aitbc.cli.main",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+    ]
+    if database_url:
+        command += ["--database-url", database_url]
+    return subprocess.Popen(command, env=env)
+
+
+async def wait_healthy(
+    http: aiohttp.ClientSession, base: str, process: subprocess.Popen[bytes]
+) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("server exited during start-up")
+        try:
+            async with http.get(f"{base}/health") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("server did not become healthy")
+
+
+async def miner_loop(
+    http: aiohttp.ClientSession,
+    base: str,
+    miner_id: str,
+    key: str,
+    recorder: Recorder,
+    stop: asyncio.Event,
+) -> None:
+    """Poll, claim, complete until ``stop`` is set."""
+    headers = {"X-Api-Key": key}
+    params = {"miner_id": miner_id, "wait": "2"}
+    while not stop.is_set():
+        async with http.get(
+            f"{base}/v1/jobs/available", params=params, headers=headers
+        ) as response:
+            job = await response.json()
+        if job is None:
+            continue
+        job_id = job["job_id"]
+        recorder.received.setdefault(job_id, time.perf_counter())
+        async with http.post(
+            f"{base}/v1/jobs/{job_id}/claim", json={"miner_id": miner_id}, headers=headers
+        ) as response:
+            if response.status == 409:
+                recorder.conflicts += 1
+                continue
+            if response.status != 200:
+                raise RuntimeError(f"claim: {response.status} {await response.text()}")
+        async with http.post(
+            f"{base}/v1/jobs/{job_id}/complete",
+            json={
+                "miner_id": miner_id,
+                "result": "ok",
+                "usage": {"prompt_tokens": 2, "completion_tokens": 1},
+            },
+            headers=headers,
+        ) as response:
+            if response.status != 200:
+                raise RuntimeError(f"complete: {response.status} {await response.text()}")
+        recorder.complete_one()
+
+
+async def submit(http: aiohttp.ClientSession, base: str, key: str, recorder: Recorder) -> None:
+    sent = time.perf_counter()
+    async with http.post(
+        f"{base}/v1/jobs", json={"prompt": "noop", "model": MODEL}, headers={"X-Api-Key": key}
+    ) as response:
+        body = await response.json()
+        if response.status != 201:
+            raise RuntimeError(f"submit: {response.status} {body}")
+    recorder.submitted[body["job_id"]] = sent
+
+
+async def run(args: argparse.Namespace, database_url: str | None) -> dict[str, Any]:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="aitbc-bench-") as data_dir:
+        process = start_server(port, Path(data_dir), database_url)
+        connector = aiohttp.TCPConnector(limit=0)
+        try:
+            async with aiohttp.ClientSession(connector=connector) as http:
+                await wait_healthy(http, base, process)
+                async with http.post(f"{base}/v1/clients/register", json={}) as response:
+                    client_key = (await response.json())["api_key"]
+                miners: list[tuple[str, str]] = []
+                for index in range(args.miners):
+                    miner_id = f"bench-miner-{index}"
+                    async with http.post(
+                        f"{base}/v1/miners/register",
+                        json={
+                            "miner_id": miner_id,
+                            "capabilities": [MODEL],
+                            "price": 0.01,
+                        },
+                    ) as response:
+                        miners.append((miner_id, (await response.json())["api_key"]))
+
+                # 1. throughput
+                recorder = Recorder()
+                stop = asyncio.Event()
+                workers = [
+                    asyncio.create_task(miner_loop(http, base, m, k, recorder, stop))
+                    for m, k in miners
+                ]
+                await asyncio.sleep(0.3)
+                started = time.perf_counter()
+                queue = iter(range(args.jobs))
+
+                async def submitter() -> None:
+                    for _ in queue:
+                        await submit(http, base, client_key, recorder)
+
+                await asyncio.gather(*(submitter() for _ in range(args.submitters)))
+                finished = asyncio.ensure_future(recorder.wait_for(args.jobs))
+                await asyncio.wait([finished, *workers], return_when=asyncio.FIRST_COMPLETED)
+                if not finished.done():
+                    finished.cancel()
+                    for worker in workers:
+                        if worker.done():
+                            worker.result()  # raises the miner's error
+                elapsed = time.perf_counter() - started
+                throughput = args.jobs / elapsed
+                queued_latencies = [
+                    (recorder.received[j] - t) * 1000 for j, t in recorder.submitted.items()
+                ]
+
+                # 2. dispatch latency with miners already waiting
+                latency_recorder = Recorder()
+                for worker in workers:
+                    worker.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+                latency_workers = [
+                    asyncio.create_task(miner_loop(http, base, m, k, latency_recorder, stop))
+                    for m, k in miners
+                ]
+                await asyncio.sleep(0.5)
+                for _ in range(args.latency_jobs):
+                    target = latency_recorder.completed + 1
+                    await submit(http, base, client_key, latency_recorder)
+                    await asyncio.wait_for(latency_recorder.wait_for(target), 30)
+                    await asyncio.sleep(0.005)  # let the miner go back to waiting
+                stop.set()
+                for worker in latency_workers:
+                    worker.cancel()
+                await asyncio.gather(*latency_workers, return_exceptions=True)
+                dispatch = [
+                    (latency_recorder.received[j] - t) * 1000
+                    for j, t in latency_recorder.submitted.items()
+                ]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return {
+        "backend": "postgresql" if database_url else "sqlite",
+        "jobs": args.jobs,
+        "miners": args.miners,
+        "submitters": args.submitters,
+        "lifecycles_per_second": round(throughput, 1),
+        "claim_conflicts": recorder.conflicts,
+        "queued_dispatch_ms_p50": round(statistics.median(queued_latencies), 2),
+        "queued_dispatch_ms_p99": round(_percentile(queued_latencies, 99), 2),
+        "idle_dispatch_ms_p50": round(statistics.median(dispatch), 2),
+        "idle_dispatch_ms_p99": round(_percentile(dispatch, 99), 2),
+        "latency_samples": len(dispatch),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    if args.database_url:
+        async with fresh_postgres(args.database_url) as url:
+            return await run(args, url)
+    return await run(args, None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--miners", type=int, default=8)
+    parser.add_argument("--submitters", type=int, default=8)
+    parser.add_argument("--latency-jobs", type=int, default=200)
+    parser.add_argument("--database-url", help="PostgreSQL server to create a bench DB on")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"backend              {result['backend']}  ({args.jobs} jobs, {args.miners} miners,"
+        f" {args.submitters} submitters)"
+    )
+    print(f"full lifecycles/s    {result['lifecycles_per_second']}")
+    print(
+        f"dispatch, idle miner p50 {result['idle_dispatch_ms_p50']} ms, "
+        f"p99 {result['idle_dispatch_ms_p99']} ms ({result['latency_samples']} jobs)"
+    )
+    print(
+        f"dispatch, under load p50 {result['queued_dispatch_ms_p50']} ms, "
+        f"p99 {result['queued_dispatch_ms_p99']} ms (includes queueing)"
+    )
+    print(f"claim conflicts      {result['claim_conflicts']}")
+
+
+if __name__ == "__main__":
+    main()
