@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from aitbc.api.middleware import AUTH_ERROR_STATE_KEY, PRINCIPAL_STATE_KEY
 from aitbc.errors import AITBCError, AuthenticationRequired
@@ -35,6 +35,9 @@ async def get_principal(
     return principal
 
 
+# Job ids are "job_" + 32 hex; anything longer or with NUL cannot exist (and NUL
+# would be refused by PostgreSQL with an error rather than a miss).
+JobId = Annotated[str, Path(max_length=64, pattern=r"^[^\x00]+$")]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 OptionalPrincipalDep = Annotated[Principal | None, Depends(get_optional_principal)]

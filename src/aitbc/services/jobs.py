@@ -6,6 +6,7 @@ concurrent calls cannot both win a transition.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
@@ -90,12 +91,15 @@ async def _prompt_from_file(session: AsyncSession, principal: Principal, file_id
     if stored is None or stored.client_id != principal.owner_id:
         raise NotFound(f"file {file_id} not found", error_code="file_not_found")
     try:
-        return stored.data.decode("utf-8")
-    except UnicodeDecodeError as exc:
+        text: str | None = stored.data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
         raise InvalidRequest(
             f"file {file_id} is not UTF-8 text; text-generation jobs need a text prompt",
             error_code="file_not_text",
-        ) from exc
+        )
+    return text
 
 
 async def submit(runtime: Runtime, principal: Principal, request: JobRequest) -> Job:
@@ -285,7 +289,8 @@ async def next_for_miner(
     hardware = await miner_service.hardware(runtime, miner_id)
     dispatcher = runtime.dispatcher
     wait_seconds = min(max(wait_seconds, 0.0), runtime.settings.max_long_poll_seconds)
-    give_up_at = runtime.clock() + timedelta(seconds=wait_seconds)
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + wait_seconds
     while True:
         generation = dispatcher.generation
         candidates = await _next_pending(runtime, hardware)
@@ -298,7 +303,7 @@ async def next_for_miner(
             return job_view(row)
         if len(candidates) == CANDIDATES_PER_POLL:
             continue  # all taken meanwhile, but more may be queued
-        remaining = (give_up_at - runtime.clock()).total_seconds()
+        remaining = give_up_at - loop.time()
         if remaining <= 0:
             return None
         offer = await dispatcher.wait(hardware, generation, min(remaining, RECHECK_SECONDS))

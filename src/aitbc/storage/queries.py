@@ -7,12 +7,22 @@ from datetime import date, datetime, time, timedelta
 
 from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from aitbc.domain.jobs import JobStatus
 from aitbc.domain.jobs import MinerHardware as Hardware
 from aitbc.storage.models import ApiKey, Job, Miner
 
 UTC_MIDNIGHT = time(0, 0)
+
+
+def _like_literal(
+    column: ColumnElement[str | None] | InstrumentedAttribute[str | None],
+) -> ColumnElement[str]:
+    """``column`` with LIKE's wildcards escaped (escape character "/")."""
+    escaped = func.replace(column, "/", "//")
+    escaped = func.replace(escaped, "%", "/%")
+    return func.replace(escaped, "_", "/_")
 
 
 def dispatch_filter(hardware: Hardware) -> ColumnElement[bool]:
@@ -23,7 +33,10 @@ def dispatch_filter(hardware: Hardware) -> ColumnElement[bool]:
         Job.model.in_(sorted(hardware.models)),
         Job.req_gpu_count <= hardware.gpu_count,
         Job.req_min_vram_gb <= (hardware.gpu_memory_gb or 0.0),
-        or_(Job.req_gpu_type.is_(None), literal(gpu_name).contains(Job.req_gpu_type)),
+        or_(
+            Job.req_gpu_type.is_(None),
+            literal(gpu_name).contains(_like_literal(Job.req_gpu_type), escape="/"),
+        ),
     )
 
 
@@ -60,10 +73,12 @@ def day_range(start: date, end: date) -> tuple[datetime, datetime]:
     """[start 00:00 UTC, day after end 00:00 UTC): ``end`` is inclusive."""
     from datetime import UTC
 
-    return (
-        datetime.combine(start, UTC_MIDNIGHT, tzinfo=UTC),
-        datetime.combine(end + timedelta(days=1), UTC_MIDNIGHT, tzinfo=UTC),
+    upper = (
+        datetime.max.replace(tzinfo=UTC)
+        if end == date.max
+        else datetime.combine(end + timedelta(days=1), UTC_MIDNIGHT, tzinfo=UTC)
     )
+    return datetime.combine(start, UTC_MIDNIGHT, tzinfo=UTC), upper
 
 
 async def count_jobs_by_status(session: AsyncSession) -> dict[str, int]:

@@ -26,7 +26,7 @@ async def list_all_jobs(
     principal: PrincipalDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> JobList:
     """Every job in the system, newest first."""
     auth.require_role(principal, "admin")

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from aitbc.api.deps import PrincipalDep, RuntimeDep
+from aitbc.api.deps import JobId, PrincipalDep, RuntimeDep
 from aitbc.domain.jobs import JobStatus
 from aitbc.schemas import Job, JobList, JobRequest
 from aitbc.services import jobs
@@ -16,7 +16,7 @@ from aitbc.services import jobs
 router = APIRouter(prefix="/v1/jobs", tags=["Jobs"])
 
 Limit = Annotated[int, Query(ge=1, le=100)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
 
 
 @router.post("", status_code=201, response_model=Job)
@@ -51,19 +51,19 @@ async def job_history(
 
 
 @router.get("/{job_id}", response_model=Job)
-async def get_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: str) -> Job:
+async def get_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> Job:
     """One job."""
     return await jobs.get(runtime, principal, job_id)
 
 
 @router.delete("/{job_id}", response_model=Job)
-async def delete_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: str) -> Job:
+async def delete_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> Job:
     """Cancel a job (409 once it is completed, failed or cancelled)."""
     return await jobs.cancel(runtime, principal, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=Job)
-async def cancel_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: str) -> Job:
+async def cancel_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> Job:
     """Cancel a job (409 once it is completed, failed or cancelled)."""
     return await jobs.cancel(runtime, principal, job_id)
 
@@ -72,7 +72,7 @@ async def cancel_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: str) 
     "/{job_id}/download",
     responses={200: {"content": {"application/json": {}, "text/plain": {}}}},
 )
-async def download_result(runtime: RuntimeDep, principal: PrincipalDep, job_id: str) -> Response:
+async def download_result(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> Response:
     """The result as a file, in the job's ``output_config.format`` (json or text)."""
     job = await jobs.download(runtime, principal, job_id)
     if job.output_config.format == "text":

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from aitbc.api.deps import OptionalPrincipalDep, PrincipalDep, RuntimeDep
+from aitbc.api.deps import JobId, OptionalPrincipalDep, PrincipalDep, RuntimeDep
 from aitbc.errors import PermissionDenied
 from aitbc.schemas import (
     MINER_ID_PATTERN,
@@ -44,7 +44,9 @@ async def register_miner(
 
     Sent again with the miner's own key, it updates capabilities, hardware and price.
     """
-    if principal is None and not runtime.settings.open_miner_registration:
+    if not runtime.settings.open_miner_registration and (
+        principal is None or principal.role == "client"
+    ):
         raise PermissionDenied(
             "miner self-registration is turned off", error_code="registration_closed"
         )
@@ -97,7 +99,7 @@ async def _disconnected(request: Request) -> None:
 
 @router.post("/v1/jobs/{job_id}/claim", response_model=Job)
 async def claim_job(
-    runtime: RuntimeDep, principal: PrincipalDep, job_id: str, body: ClaimRequest
+    runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId, body: ClaimRequest
 ) -> Job:
     """Take a pending job with a lease; 409 if another miner got it first."""
     return await jobs.claim(runtime, principal, job_id, body.miner_id)
@@ -105,7 +107,7 @@ async def claim_job(
 
 @router.post("/v1/jobs/{job_id}/progress", response_model=ProgressAck)
 async def report_progress(
-    runtime: RuntimeDep, principal: PrincipalDep, job_id: str, body: ProgressReport
+    runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId, body: ProgressReport
 ) -> ProgressAck:
     """Progress 0-100; renews the lease; ``should_stop`` once the job was cancelled."""
     return await jobs.report_progress(runtime, principal, job_id, body)
@@ -113,7 +115,7 @@ async def report_progress(
 
 @router.post("/v1/jobs/{job_id}/fail", response_model=Job)
 async def report_failure(
-    runtime: RuntimeDep, principal: PrincipalDep, job_id: str, body: FailureReport
+    runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId, body: FailureReport
 ) -> Job:
     """Give up on a job; retryable failures put it back in the queue while attempts remain."""
     return await jobs.report_failure(runtime, principal, job_id, body)
@@ -121,7 +123,7 @@ async def report_failure(
 
 @router.post("/v1/jobs/{job_id}/complete", response_model=Job)
 async def complete_job(
-    runtime: RuntimeDep, principal: PrincipalDep, job_id: str, body: JobResult
+    runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId, body: JobResult
 ) -> Job:
     """Deliver the result of a job this miner holds; the same result again is a no-op."""
     return await jobs.complete(runtime, principal, job_id, body)
