@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aitbc.domain.jobs import JobStatus, MinerHardware, Requirements, can_run
 from aitbc.domain.pricing import ModelSpeed
@@ -45,7 +45,10 @@ class EstimateCache:
     speeds_window: timedelta = field(default=SPEED_WINDOW)
 
     async def get(
-        self, session: AsyncSession, now: datetime, online_after_seconds: float
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        now: datetime,
+        online_after_seconds: float,
     ) -> MarketSnapshot:
         """The snapshot, refreshed from the database when older than ``REFRESH_SECONDS``."""
         if (
@@ -54,6 +57,12 @@ class EstimateCache:
             and (now - self.taken_at).total_seconds() < REFRESH_SECONDS
         ):
             return self.snapshot
+        async with sessions() as session:
+            return await self._refresh(session, now, online_after_seconds)
+
+    async def _refresh(
+        self, session: AsyncSession, now: datetime, online_after_seconds: float
+    ) -> MarketSnapshot:
         miners = await queries.online_miners(session, now - timedelta(seconds=online_after_seconds))
         rows = await session.execute(
             select(

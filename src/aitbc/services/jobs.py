@@ -1,19 +1,23 @@
 """Job use cases: submission and reading for clients; polling, claiming, progress,
-failure and completion for miners. The rules live in ``aitbc.domain.jobs``; this
-module applies them in one transaction per call, with conditional updates so that
-concurrent calls cannot both win a transition.
+failure and completion for miners; the sweeper's timeouts and lapsed leases.
+
+The rules live in ``aitbc.domain.jobs``. This module applies them in one transaction
+per call through ``aitbc.storage.job_queries``, whose conditional statements make
+the database the referee of races: of two concurrent claims (or a completion racing
+a cancellation) exactly one statement matches. Only when a step does not match does
+the service read the job again to say why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
+from typing import Any, NoReturn
 
-from sqlalchemy import ColumnElement, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy import ColumnElement
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from aitbc.domain import pricing
 from aitbc.domain.jobs import (
@@ -26,13 +30,7 @@ from aitbc.domain.jobs import (
     is_terminal,
     status_after_lost_attempt,
 )
-from aitbc.errors import (
-    Conflict,
-    InvalidRequest,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-)
+from aitbc.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied
 from aitbc.schemas import (
     FailureReport,
     Job,
@@ -47,17 +45,18 @@ from aitbc.services.auth import require_client, require_miner, require_role
 from aitbc.services.dispatch import RECHECK_SECONDS, Offer
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.services.views import job_view
-from aitbc.storage import queries
-from aitbc.storage.models import Job as JobRow
+from aitbc.storage import job_queries, queries
+from aitbc.storage.job_queries import JobRecord
 from aitbc.storage.models import StoredFile
 
+C = job_queries.JOBS.c
 TIMEOUT_ERROR_CODE = "timeout"
+LEASE_LAPSED_ERROR_CODE = "lease_expired"
 # Jobs read per poll, so concurrent polls can each pick a different one.
 CANDIDATES_PER_POLL = 8
-LEASE_LAPSED_ERROR_CODE = "lease_expired"
 
 
-def _requirements(row: JobRow) -> Requirements:
+def _requirements(row: JobRecord) -> Requirements:
     return Requirements(
         gpu_type=row.req_gpu_type,
         gpu_count=row.req_gpu_count or None,
@@ -65,30 +64,35 @@ def _requirements(row: JobRow) -> Requirements:
     )
 
 
-def offer_of(row: JobRow) -> Offer[JobRow]:
+def offer_of(row: JobRecord) -> Offer[Job]:
     """What the dispatcher needs to hand ``row`` to a waiting miner."""
-    return Offer(job_id=row.id, model=row.model, requirements=_requirements(row), payload=row)
+    return Offer(
+        job_id=row.id, model=row.model, requirements=_requirements(row), payload=job_view(row)
+    )
 
 
-def _visible_to(principal: Principal, row: JobRow) -> bool:
+def _visible_to(principal: Principal, row: JobRecord) -> bool:
     if principal.is_admin:
         return True
     if principal.role == "client":
-        return row.client_id == principal.owner_id
+        return bool(row.client_id == principal.owner_id)
     return principal.role == "miner" and row.miner_id == principal.owner_id
 
 
-async def _load_visible(session: AsyncSession, principal: Principal, job_id: str) -> JobRow:
-    row = await session.get(JobRow, job_id)
+async def _load_visible(
+    connection: AsyncConnection, principal: Principal, job_id: str
+) -> JobRecord:
+    row = await job_queries.get_job(connection, job_id)
     # A job someone else owns is reported as missing: ids are not an oracle.
     if row is None or not _visible_to(principal, row):
         raise NotFound(f"job {job_id} not found", error_code="job_not_found")
     return row
 
 
-async def _prompt_from_file(session: AsyncSession, principal: Principal, file_id: str) -> str:
-    stored = await session.get(StoredFile, file_id)
-    if stored is None or stored.client_id != principal.owner_id:
+async def _prompt_from_file(runtime: Runtime, client_id: str, file_id: str) -> str:
+    async with runtime.sessions() as session:
+        stored = await session.get(StoredFile, file_id)
+    if stored is None or stored.client_id != client_id:
         raise NotFound(f"file {file_id} not found", error_code="file_not_found")
     try:
         text: str | None = stored.data.decode("utf-8")
@@ -112,6 +116,15 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
             f"timeout_seconds may be at most {settings.max_timeout_seconds}",
             error_code="timeout_too_long",
         )
+    file_id = request.file_id
+    prompt = (
+        await _prompt_from_file(runtime, client_id, file_id) if file_id else request.text_or_file
+    )
+    if len(prompt) > settings.max_prompt_chars:
+        raise PayloadTooLarge(
+            f"prompt has {len(prompt)} characters; the limit is {settings.max_prompt_chars}",
+            error_code="prompt_too_large",
+        )
     now = runtime.clock()
     model = request.model or settings.default_model
     requirements = Requirements(
@@ -119,63 +132,55 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
         gpu_count=request.requirements.gpu_count,
         min_vram_gb=request.requirements.min_vram_gb,
     )
-    async with runtime.sessions.begin() as session:
-        file_id = request.file_id
-        prompt = (
-            await _prompt_from_file(session, principal, file_id)
-            if file_id
-            else request.text_or_file
-        )
-        if len(prompt) > settings.max_prompt_chars:
-            raise PayloadTooLarge(
-                f"prompt has {len(prompt)} characters; the limit is {settings.max_prompt_chars}",
-                error_code="prompt_too_large",
-            )
-        market = await runtime.estimates.get(session, now, settings.miner_offline_after_seconds)
-        max_tokens = request.params.max_tokens
-        row = JobRow(
-            id=runtime.new_id("job"),
-            client_id=client_id,
-            status=JobStatus.PENDING.value,
-            priority=request.priority.rank,
-            model=model,
-            prompt=prompt,
-            input_file_id=file_id,
-            params=request.params.model_dump(exclude_none=True),
-            req_gpu_type=requirements.gpu_type.lower() if requirements.gpu_type else None,
-            req_gpu_count=requirements.gpu_count or 0,
-            req_min_vram_gb=requirements.min_vram_gb or 0.0,
-            output_config=request.output_config.model_dump(),
-            timeout_seconds=timeout_seconds,
-            created_at=now,
-            deadline_at=deadline(now, timeout_seconds),
-            attempts=0,
-            progress=0,
-            estimated_cost_micro=pricing.estimate_cost_micro(
-                pricing.estimate_units(prompt, max_tokens),
-                market.eligible_prices(model, requirements),
-            ),
-            estimated_time_seconds=pricing.estimate_time_seconds(
-                max_tokens, market.speeds.get(model)
-            ),
-        )
-        session.add(row)
-    runtime.dispatcher.publish(offer_of(row))
-    return job_view(row)
+    market = await runtime.estimates.get(
+        runtime.sessions, now, settings.miner_offline_after_seconds
+    )
+    max_tokens = request.params.max_tokens
+    values = {
+        "id": runtime.new_id("job"),
+        "client_id": client_id,
+        "status": JobStatus.PENDING.value,
+        "priority": request.priority.rank,
+        "model": model,
+        "prompt": prompt,
+        "input_file_id": file_id,
+        "params": request.params.model_dump(exclude_none=True),
+        "req_gpu_type": requirements.gpu_type.lower() if requirements.gpu_type else None,
+        "req_gpu_count": requirements.gpu_count or 0,
+        "req_min_vram_gb": requirements.min_vram_gb or 0.0,
+        "output_config": request.output_config.model_dump(),
+        "timeout_seconds": timeout_seconds,
+        "created_at": now,
+        "deadline_at": deadline(now, timeout_seconds),
+        "attempts": 0,
+        "progress": 0,
+        "estimated_cost_micro": pricing.estimate_cost_micro(
+            pricing.estimate_units(prompt, max_tokens),
+            market.eligible_prices(model, requirements),
+        ),
+        "estimated_time_seconds": pricing.estimate_time_seconds(
+            max_tokens, market.speeds.get(model)
+        ),
+    }
+    async with runtime.engine.begin() as connection:
+        row = await job_queries.insert_job(connection, values)
+    offer = offer_of(row)
+    runtime.dispatcher.publish(offer)
+    return offer.payload
 
 
 async def get(runtime: Runtime, principal: Principal, job_id: str) -> Job:
     """One job, if the caller may see it."""
-    async with runtime.sessions() as session:
-        return job_view(await _load_visible(session, principal, job_id))
+    async with runtime.engine.connect() as connection:
+        return job_view(await _load_visible(connection, principal, job_id))
 
 
 def _owner_filter(principal: Principal) -> ColumnElement[bool] | None:
     if principal.is_admin:
         return None
     if principal.role == "client":
-        return JobRow.client_id == principal.owner_id
-    return JobRow.miner_id == principal.owner_id
+        return C.client_id == principal.owner_id
+    return C.miner_id == principal.owner_id
 
 
 async def list_jobs(
@@ -190,18 +195,18 @@ async def list_jobs(
 ) -> JobList:
     """The caller's jobs (all jobs for admins), newest first, in the list envelope."""
     require_role(principal, "client", "admin")
-    query = select(JobRow)
+    conditions: list[ColumnElement[bool]] = []
     owner = _owner_filter(principal)
     if owner is not None:
-        query = query.where(owner)
+        conditions.append(owner)
     if status is not None:
-        query = query.where(JobRow.status == status.value)
+        conditions.append(C.status == status.value)
     if created_from is not None:
-        query = query.where(JobRow.created_at >= created_from)
+        conditions.append(C.created_at >= created_from)
     if created_before is not None:
-        query = query.where(JobRow.created_at < created_before)
-    async with runtime.sessions() as session:
-        rows, total = await queries.fetch_page(session, query, limit, offset)
+        conditions.append(C.created_at < created_before)
+    async with runtime.engine.connect() as connection:
+        rows, total = await job_queries.fetch_page(connection, conditions, limit, offset)
     return JobList(
         jobs=[job_view(row) for row in rows], total=total, has_more=offset + len(rows) < total
     )
@@ -228,22 +233,24 @@ async def cancel(runtime: Runtime, principal: Principal, job_id: str) -> Job:
     """Cancel a pending or running job; 409 once it is terminal."""
     require_role(principal, "client", "admin")
     now = runtime.clock()
-    async with runtime.sessions.begin() as session:
-        row = await _load_visible(session, principal, job_id)
+    async with runtime.engine.begin() as connection:
+        row = await _load_visible(connection, principal, job_id)
         current = JobStatus(row.status)
         ensure_transition(current, JobStatus.CANCELLED)
-        await _transition(
-            session,
-            row,
+        updated = await _transition(
+            connection,
+            job_id,
             current,
-            status=JobStatus.CANCELLED.value,
-            completed_at=now,
-            lease_expires_at=None,
-            error="cancelled by the client",
-            error_code="cancelled",
+            {
+                "status": JobStatus.CANCELLED.value,
+                "completed_at": now,
+                "lease_expires_at": None,
+                "error": "cancelled by the client",
+                "error_code": "cancelled",
+            },
         )
     runtime.dispatcher.release(job_id)
-    return job_view(row)
+    return job_view(updated)
 
 
 async def download(runtime: Runtime, principal: Principal, job_id: str) -> Job:
@@ -258,24 +265,13 @@ async def download(runtime: Runtime, principal: Principal, job_id: str) -> Job:
 
 
 async def _transition(
-    session: AsyncSession, row: JobRow, expected: JobStatus, **values: object
-) -> None:
+    connection: AsyncConnection, job_id: str, expected: JobStatus, values: Mapping[str, Any]
+) -> JobRecord:
     """Apply ``values`` only if the job is still in ``expected`` state (else 409)."""
-    result = await session.execute(
-        update(JobRow)
-        .where(JobRow.id == row.id, JobRow.status == expected.value)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    row = await job_queries.transition(connection, job_id, expected, values)
+    if row is None:
         raise Conflict("the job changed state meanwhile; try again", error_code="job_changed")
-    _set_loaded(row, values)
-
-
-def _set_loaded(row: JobRow, values: dict[str, object]) -> None:
-    """Mirror an UPDATE already sent into the loaded row without marking it dirty."""
-    for key, value in values.items():
-        set_committed_value(row, key, value)
+    return row
 
 
 # --- miners -------------------------------------------------------------------------
@@ -289,6 +285,7 @@ async def next_for_miner(
     hardware = await miner_service.hardware(runtime, miner_id)
     dispatcher = runtime.dispatcher
     wait_seconds = min(max(wait_seconds, 0.0), runtime.settings.max_long_poll_seconds)
+    # The event loop's monotonic clock: a wall-clock change must not stretch a poll.
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + wait_seconds
     while True:
@@ -308,13 +305,13 @@ async def next_for_miner(
             return None
         offer = await dispatcher.wait(hardware, generation, min(remaining, RECHECK_SECONDS))
         if offer is not None:
-            return job_view(offer.payload)
+            return offer.payload
 
 
-async def _next_pending(runtime: Runtime, hardware: MinerHardware) -> Sequence[JobRow]:
-    async with runtime.sessions() as session:
-        return await queries.next_jobs_for(
-            session, hardware, runtime.dispatcher.offered_ids(), CANDIDATES_PER_POLL
+async def _next_pending(runtime: Runtime, hardware: MinerHardware) -> Sequence[JobRecord]:
+    async with runtime.engine.connect() as connection:
+        return await job_queries.next_jobs_for(
+            connection, hardware, runtime.dispatcher.offered_ids(), CANDIDATES_PER_POLL
         )
 
 
@@ -323,43 +320,36 @@ async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: s
     require_miner(principal, miner_id)
     hardware = await miner_service.hardware(runtime, miner_id)
     now = runtime.clock()
-    async with runtime.sessions.begin() as session:
-        row = await session.get(JobRow, job_id)
+    lease_until = now + timedelta(seconds=runtime.settings.lease_seconds)
+    async with runtime.engine.begin() as connection:
+        row = await job_queries.claim(connection, hardware, job_id, miner_id, now, lease_until)
         if row is None:
-            raise NotFound(f"job {job_id} not found", error_code="job_not_found")
-        current = JobStatus(row.status)
-        if current is not JobStatus.PENDING:
-            raise Conflict(f"job is {current.value}, not pending", error_code="already_claimed")
-        if not can_run(row.model, _requirements(row), hardware):
-            raise PermissionDenied(
-                "this miner does not serve the job's model or lacks the hardware it needs",
-                error_code="miner_not_eligible",
-            )
-        if now >= row.deadline_at:
-            raise Conflict("job has timed out", error_code="job_timed_out")
-        values = {
-            "status": JobStatus.RUNNING.value,
-            "miner_id": miner_id,
-            "started_at": now,
-            "lease_expires_at": now + timedelta(seconds=runtime.settings.lease_seconds),
-            "attempts": row.attempts + 1,
-            "progress": 0,
-        }
-        result = await session.execute(
-            update(JobRow)
-            .where(JobRow.id == job_id, JobRow.status == JobStatus.PENDING.value)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            raise Conflict("job was claimed by another miner", error_code="already_claimed")
-        _set_loaded(row, values)
+            await _explain_refused_claim(connection, job_id, hardware, now)
     runtime.dispatcher.release(job_id)
     return job_view(row)
 
 
-async def _held_job(session: AsyncSession, job_id: str, miner_id: str) -> JobRow:
-    row = await session.get(JobRow, job_id)
+async def _explain_refused_claim(
+    connection: AsyncConnection, job_id: str, hardware: MinerHardware, now: datetime
+) -> NoReturn:
+    """Raise the reason a claim did not match: missing, taken, ineligible, timed out."""
+    row = await job_queries.get_job(connection, job_id)
+    if row is None:
+        raise NotFound(f"job {job_id} not found", error_code="job_not_found")
+    if row.status != JobStatus.PENDING.value:
+        raise Conflict(f"job is {row.status}, not pending", error_code="already_claimed")
+    if not can_run(row.model, _requirements(row), hardware):
+        raise PermissionDenied(
+            "this miner does not serve the job's model or lacks the hardware it needs",
+            error_code="miner_not_eligible",
+        )
+    if now >= row.deadline_at:
+        raise Conflict("job has timed out", error_code="job_timed_out")
+    raise Conflict("job was claimed by another miner", error_code="already_claimed")
+
+
+async def _held_job(connection: AsyncConnection, job_id: str, miner_id: str) -> JobRecord:
+    row = await job_queries.get_job(connection, job_id)
     if row is None:
         raise NotFound(f"job {job_id} not found", error_code="job_not_found")
     if row.miner_id != miner_id:
@@ -372,24 +362,19 @@ async def report_progress(
 ) -> ProgressAck:
     """Record progress and renew the lease; tell the miner to stop if the job ended."""
     require_miner(principal, report.miner_id)
-    now = runtime.clock()
-    async with runtime.sessions.begin() as session:
-        row = await _held_job(session, job_id, report.miner_id)
-        status = JobStatus(row.status)
-        if status is JobStatus.RUNNING:
-            await _transition(
-                session,
-                row,
-                status,
-                progress=max(row.progress, report.progress),
-                lease_expires_at=now + timedelta(seconds=runtime.settings.lease_seconds),
-            )
-        return ProgressAck(
-            job_id=row.id,
-            status=status,
-            progress=row.progress,
-            should_stop=status is not JobStatus.RUNNING,
+    lease_until = runtime.clock() + timedelta(seconds=runtime.settings.lease_seconds)
+    async with runtime.engine.begin() as connection:
+        progress = await job_queries.record_progress(
+            connection, job_id, report.miner_id, report.progress, lease_until
         )
+        if progress is not None:
+            return ProgressAck(
+                job_id=job_id, status=JobStatus.RUNNING, progress=progress, should_stop=False
+            )
+        row = await _held_job(connection, job_id, report.miner_id)
+    return ProgressAck(
+        job_id=job_id, status=JobStatus(row.status), progress=row.progress, should_stop=True
+    )
 
 
 async def report_failure(
@@ -398,8 +383,8 @@ async def report_failure(
     """A miner gives up: retryable failures requeue the job while attempts remain."""
     require_miner(principal, report.miner_id)
     now = runtime.clock()
-    async with runtime.sessions.begin() as session:
-        row = await _held_job(session, job_id, report.miner_id)
+    async with runtime.engine.begin() as connection:
+        row = await _held_job(connection, job_id, report.miner_id)
         current = JobStatus(row.status)
         if current is not JobStatus.RUNNING:
             raise Conflict(
@@ -410,12 +395,17 @@ async def report_failure(
             if report.retryable
             else JobStatus.FAILED
         )
-        await _transition(
-            session, row, current, **_lost_attempt_values(target, now, report.error, "miner_error")
+        updated = await _transition(
+            connection,
+            job_id,
+            current,
+            _lost_attempt_values(target, now, report.error, "miner_error"),
         )
     if target is JobStatus.PENDING:
-        runtime.dispatcher.publish(offer_of(row))
-    return job_view(row)
+        offer = offer_of(updated)
+        runtime.dispatcher.publish(offer)
+        return offer.payload
+    return job_view(updated)
 
 
 def _lost_attempt_values(
@@ -450,11 +440,25 @@ async def complete(
     runtime: Runtime, principal: Principal, job_id: str, job_result: JobResult
 ) -> Job:
     """Store the result of a job this miner holds; re-sending the same result is a no-op."""
-    require_miner(principal, job_result.miner_id)
+    miner_id = job_result.miner_id
+    require_miner(principal, miner_id)
     now = runtime.clock()
     digest = result_digest(job_result.result)
-    async with runtime.sessions.begin() as session:
-        row = await _held_job(session, job_id, job_result.miner_id)
+    usage = job_result.usage
+    async with runtime.engine.begin() as connection:
+        row = await job_queries.complete(
+            connection,
+            job_id,
+            miner_id,
+            now,
+            job_result.result,
+            digest,
+            (usage.prompt_tokens, usage.completion_tokens) if usage else None,
+        )
+        if row is not None:
+            return job_view(row)
+        # Not completed by this call: say why (or repeat an identical completion).
+        row = await _held_job(connection, job_id, miner_id)
         current = JobStatus(row.status)
         if current is JobStatus.COMPLETED:
             if row.result_sha256 == digest:
@@ -465,34 +469,13 @@ async def complete(
             )
         if is_terminal(current):
             raise Conflict(f"job is {current.value}", error_code=f"job_{current.value}")
-        if now >= row.deadline_at:
-            await _transition(session, row, current, **_timeout_values(row, now))
-            timed_out = True
-        else:
-            ensure_transition(current, JobStatus.COMPLETED)
-            usage = job_result.usage
-            await _transition(
-                session,
-                row,
-                current,
-                status=JobStatus.COMPLETED.value,
-                result=job_result.result,
-                result_sha256=digest,
-                completed_at=now,
-                lease_expires_at=None,
-                progress=100,
-                error=None,
-                error_code=None,
-                prompt_tokens=usage.prompt_tokens if usage else None,
-                completion_tokens=usage.completion_tokens if usage else None,
-            )
-            timed_out = False
-    if timed_out:
-        raise Conflict("job passed its timeout before completing", error_code="job_timed_out")
-    return job_view(row)
+        if now < row.deadline_at:
+            raise Conflict("the job changed state meanwhile", error_code="job_changed")
+        await _transition(connection, job_id, current, _timeout_values(row, now))
+    raise Conflict("job passed its timeout before completing", error_code="job_timed_out")
 
 
-def _timeout_values(row: JobRow, now: datetime) -> dict[str, object]:
+def _timeout_values(row: JobRecord, now: datetime) -> dict[str, object]:
     return {
         "status": JobStatus.FAILED.value,
         "completed_at": now,
@@ -513,31 +496,15 @@ async def sweep(runtime: Runtime) -> dict[str, int]:
     """
     now = runtime.clock()
     max_attempts = runtime.settings.max_attempts
-    timed_out = requeued = failed = 0
-    requeued_rows: list[JobRow] = []
-    async with runtime.sessions.begin() as session:
-        overdue = (
-            await session.scalars(
-                select(JobRow).where(
-                    JobRow.status.in_([JobStatus.PENDING.value, JobStatus.RUNNING.value]),
-                    JobRow.deadline_at <= now,
-                )
-            )
-        ).all()
-        for row in overdue:
-            if await _try_transition(
-                session, row, JobStatus(row.status), _timeout_values(row, now)
-            ):
+    timed_out = failed = 0
+    requeued: list[JobRecord] = []
+    async with runtime.engine.begin() as connection:
+        for row in await job_queries.overdue(connection, now):
+            values = _timeout_values(row, now)
+            if await job_queries.transition(connection, row.id, JobStatus(row.status), values):
                 timed_out += 1
                 runtime.dispatcher.release(row.id)
-        lapsed = (
-            await session.scalars(
-                select(JobRow).where(
-                    JobRow.status == JobStatus.RUNNING.value, JobRow.lease_expires_at <= now
-                )
-            )
-        ).all()
-        for row in lapsed:
+        for row in await job_queries.lapsed(connection, now):
             target = status_after_lost_attempt(row.attempts, max_attempts)
             error = (
                 f"miner {row.miner_id} stopped renewing its lease"
@@ -545,22 +512,13 @@ async def sweep(runtime: Runtime) -> dict[str, int]:
                 else f"lease lapsed on all {row.attempts} attempts"
             )
             values = _lost_attempt_values(target, now, error, LEASE_LAPSED_ERROR_CODE)
-            if await _try_transition(session, row, JobStatus.RUNNING, values):
-                if target is JobStatus.PENDING:
-                    requeued += 1
-                    requeued_rows.append(row)
-                else:
-                    failed += 1
-    for row in requeued_rows:
+            updated = await job_queries.transition(connection, row.id, JobStatus.RUNNING, values)
+            if updated is None:
+                continue
+            if target is JobStatus.PENDING:
+                requeued.append(updated)
+            else:
+                failed += 1
+    for row in requeued:
         runtime.dispatcher.publish(offer_of(row))
-    return {"timed_out": timed_out, "requeued": requeued, "failed": failed}
-
-
-async def _try_transition(
-    session: AsyncSession, row: JobRow, expected: JobStatus, values: dict[str, object]
-) -> bool:
-    try:
-        await _transition(session, row, expected, **values)
-    except Conflict:
-        return False
-    return True
+    return {"timed_out": timed_out, "requeued": len(requeued), "failed": failed}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, update
 
 from aitbc.domain.jobs import JobStatus, MinerHardware
 from aitbc.domain.money import to_micro
@@ -12,8 +13,10 @@ from aitbc.errors import Conflict, NotFound, PermissionDenied
 from aitbc.schemas import Heartbeat, HeartbeatAck, MinerCredentials, MinerRegistration
 from aitbc.services.auth import add_key, require_miner
 from aitbc.services.runtime import Principal, Runtime
-from aitbc.storage import queries
-from aitbc.storage.models import Job, Miner
+from aitbc.storage import job_queries
+from aitbc.storage.models import Miner
+
+MINERS = cast(Table, Miner.__table__)
 
 
 def _hardware_of(miner: Miner) -> MinerHardware:
@@ -102,10 +105,10 @@ async def heartbeat(
     """
     require_miner(principal, miner_id)
     now = runtime.clock()
-    async with runtime.sessions.begin() as session:
-        result = await session.execute(
-            update(Miner)
-            .where(Miner.id == miner_id)
+    async with runtime.engine.begin() as connection:
+        result = await connection.execute(
+            update(MINERS)
+            .where(MINERS.c.id == miner_id)
             .values(
                 last_heartbeat_at=now,
                 status=beat.status,
@@ -113,22 +116,19 @@ async def heartbeat(
                 running_jobs=len(beat.running_jobs),
             )
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:
             raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
-        await queries.renew_leases(
-            session, miner_id, now + timedelta(seconds=runtime.settings.lease_seconds), ()
+        await job_queries.renew_leases(
+            connection, miner_id, now + timedelta(seconds=runtime.settings.lease_seconds)
         )
         stopped: list[str] = []
         if beat.running_jobs:
-            rows = await session.execute(
-                select(Job.id, Job.status, Job.miner_id).where(Job.id.in_(beat.running_jobs))
-            )
-            still_running = {
+            known = await job_queries.statuses(connection, beat.running_jobs)
+            stopped = [
                 job_id
-                for job_id, status, holder in rows
-                if status == JobStatus.RUNNING.value and holder == miner_id
-            }
-            stopped = [job_id for job_id in beat.running_jobs if job_id not in still_running]
+                for job_id in beat.running_jobs
+                if known.get(job_id) != (JobStatus.RUNNING.value, miner_id)
+            ]
     return HeartbeatAck(miner_id=miner_id, status="ok", cancelled_jobs=stopped)
 
 

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aitbc.domain.jobs import MinerHardware
+from aitbc.schemas import Job
 from aitbc.services.dispatch import Dispatcher
 from aitbc.services.estimates import EstimateCache
 from aitbc.settings import Settings
-from aitbc.storage.models import Job
 
 Clock = Callable[[], datetime]
 IdFactory = Callable[[str], str]
@@ -55,6 +55,7 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     clock: Clock = utc_now
     new_id: IdFactory = random_id
+    # Pending jobs handed to long-polling miners, as the Job view they receive.
     dispatcher: Dispatcher[Job] = field(default_factory=Dispatcher)
     # SHA-256 of key -> principal; filled on first use, dropped on revocation.
     key_cache: dict[str, Principal] = field(default_factory=dict)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import Row
+
 from aitbc.domain.jobs import JobStatus, Priority
 from aitbc.domain.money import to_ait
 from aitbc.schemas import GpuInfo, Job, JobRequirements, Miner, OutputConfig, Usage
@@ -10,7 +14,7 @@ from aitbc.storage import models
 PRIORITY_BY_RANK = {priority.rank: priority for priority in Priority}
 
 
-def job_view(job: models.Job) -> Job:
+def job_view(job: Row[Any] | models.Job) -> Job:
     """The ``Job`` schema of a stored job."""
     usage = (
         Usage(prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens)

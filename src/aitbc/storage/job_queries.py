@@ -1,0 +1,297 @@
+"""Job statements in SQLAlchemy Core, for the hot paths of the lifecycle.
+
+Each lifecycle step is one conditional statement (``UPDATE ... WHERE <the state it
+needs> RETURNING *``), so the database decides races and a successful step costs
+one round trip. Statements are built once (per miner hardware where they depend on
+it) and reused with bound parameters. Helpers take an open connection and never
+commit: the calling service owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from aitbc.domain.jobs import JobStatus, MinerHardware
+from aitbc.storage.models import Job
+
+JOBS = cast(Table, Job.__table__)
+C = JOBS.c
+JobRecord = Row[Any]
+HARDWARE_CACHE_SIZE = 1024
+
+__all__ = ["JOBS", "JobRecord"]
+
+
+def _like_literal(column: ColumnElement[Any]) -> ColumnElement[str]:
+    """``column`` with LIKE's wildcards escaped (escape character "/")."""
+    escaped = func.replace(column, "/", "//")
+    escaped = func.replace(escaped, "%", "/%")
+    return func.replace(escaped, "_", "/_")
+
+
+def dispatch_filter(hardware: MinerHardware) -> ColumnElement[bool]:
+    """SQL condition: pending jobs ``hardware`` may run (mirrors ``domain.jobs.can_run``)."""
+    gpu_name = (hardware.gpu_name or "").lower()
+    return and_(
+        C.status == JobStatus.PENDING.value,
+        C.model.in_(sorted(hardware.models)),
+        C.req_gpu_count <= hardware.gpu_count,
+        C.req_min_vram_gb <= (hardware.gpu_memory_gb or 0.0),
+        or_(
+            C.req_gpu_type.is_(None),
+            literal(gpu_name).contains(_like_literal(C.req_gpu_type), escape="/"),
+        ),
+    )
+
+
+@lru_cache(maxsize=HARDWARE_CACHE_SIZE)
+def _next_jobs_statement(hardware: MinerHardware) -> Select[Any]:
+    return (
+        select(JOBS)
+        .where(dispatch_filter(hardware), C.id.not_in(bindparam("exclude", expanding=True)))
+        .order_by(C.priority.desc(), C.created_at, C.id)
+        .limit(bindparam("limit"))
+    )
+
+
+async def next_jobs_for(
+    connection: AsyncConnection,
+    hardware: MinerHardware,
+    exclude_ids: Collection[str],
+    limit: int,
+) -> Sequence[JobRecord]:
+    """Up to ``limit`` pending jobs ``hardware`` may run, in dispatch order:
+    highest priority, then oldest."""
+    result = await connection.execute(
+        _next_jobs_statement(hardware), {"exclude": list(exclude_ids), "limit": limit}
+    )
+    return list(result.all())
+
+
+@lru_cache(maxsize=HARDWARE_CACHE_SIZE)
+def _claim_statement(hardware: MinerHardware) -> Update:
+    return (
+        update(JOBS)
+        .where(
+            C.id == bindparam("job_id"), dispatch_filter(hardware), C.deadline_at > bindparam("now")
+        )
+        .values(
+            status=JobStatus.RUNNING.value,
+            miner_id=bindparam("claimer"),
+            started_at=bindparam("now"),
+            lease_expires_at=bindparam("lease_until"),
+            attempts=C.attempts + 1,
+            progress=0,
+        )
+        .returning(JOBS)
+    )
+
+
+async def claim(
+    connection: AsyncConnection,
+    hardware: MinerHardware,
+    job_id: str,
+    miner_id: str,
+    now: datetime,
+    lease_until: datetime,
+) -> JobRecord | None:
+    """Make a pending job this miner may run ``running`` under its lease, or None."""
+    result = await connection.execute(
+        _claim_statement(hardware),
+        {"job_id": job_id, "claimer": miner_id, "now": now, "lease_until": lease_until},
+    )
+    return result.first()
+
+
+_COMPLETE = (
+    update(JOBS)
+    .where(
+        C.id == bindparam("job_id"),
+        C.status == JobStatus.RUNNING.value,
+        C.miner_id == bindparam("holder"),
+        C.deadline_at > bindparam("now"),
+    )
+    .values(
+        status=JobStatus.COMPLETED.value,
+        result=bindparam("result_text"),
+        result_sha256=bindparam("digest"),
+        completed_at=bindparam("now"),
+        lease_expires_at=None,
+        progress=100,
+        error=None,
+        error_code=None,
+        prompt_tokens=bindparam("usage_prompt"),
+        completion_tokens=bindparam("usage_completion"),
+    )
+    .returning(JOBS)
+)
+
+
+async def complete(
+    connection: AsyncConnection,
+    job_id: str,
+    miner_id: str,
+    now: datetime,
+    result: str,
+    digest: str,
+    usage: tuple[int, int] | None,
+) -> JobRecord | None:
+    """Store the result of a running job held by ``miner_id`` before its deadline."""
+    rows = await connection.execute(
+        _COMPLETE,
+        {
+            "job_id": job_id,
+            "holder": miner_id,
+            "now": now,
+            "result_text": result,
+            "digest": digest,
+            "usage_prompt": usage[0] if usage else None,
+            "usage_completion": usage[1] if usage else None,
+        },
+    )
+    record: JobRecord | None = rows.first()
+    return record
+
+
+_PROGRESS = (
+    update(JOBS)
+    .where(
+        C.id == bindparam("job_id"),
+        C.status == JobStatus.RUNNING.value,
+        C.miner_id == bindparam("holder"),
+    )
+    .values(
+        progress=case(
+            (C.progress > bindparam("reported"), C.progress), else_=bindparam("reported")
+        ),
+        lease_expires_at=bindparam("lease_until"),
+    )
+    .returning(C.status, C.progress)
+)
+
+
+async def record_progress(
+    connection: AsyncConnection, job_id: str, miner_id: str, progress: int, lease_until: datetime
+) -> int | None:
+    """Raise a running job's progress (never lower it) and renew its lease."""
+    row = (
+        await connection.execute(
+            _PROGRESS,
+            {
+                "job_id": job_id,
+                "holder": miner_id,
+                "reported": progress,
+                "lease_until": lease_until,
+            },
+        )
+    ).first()
+    return None if row is None else int(row.progress)
+
+
+async def insert_job(connection: AsyncConnection, values: Mapping[str, Any]) -> JobRecord:
+    """Insert a job and return it as stored."""
+    record: JobRecord = (
+        await connection.execute(insert(JOBS).values(**values).returning(JOBS))
+    ).one()
+    return record
+
+
+async def get_job(connection: AsyncConnection, job_id: str) -> JobRecord | None:
+    """One job by id."""
+    record: JobRecord | None = (
+        await connection.execute(select(JOBS).where(C.id == job_id))
+    ).first()
+    return record
+
+
+async def transition(
+    connection: AsyncConnection,
+    job_id: str,
+    expected: JobStatus,
+    values: Mapping[str, Any],
+) -> JobRecord | None:
+    """Apply ``values`` if the job is still ``expected``; the updated job or None."""
+    result = await connection.execute(
+        update(JOBS)
+        .where(C.id == job_id, C.status == expected.value)
+        .values(**values)
+        .returning(JOBS)
+    )
+    record: JobRecord | None = result.first()
+    return record
+
+
+def jobs_query(*conditions: ColumnElement[bool]) -> Select[Any]:
+    """All columns of the jobs matching ``conditions``."""
+    return select(JOBS).where(*conditions)
+
+
+async def fetch_page(
+    connection: AsyncConnection, conditions: Sequence[ColumnElement[bool]], limit: int, offset: int
+) -> tuple[Sequence[JobRecord], int]:
+    """A page of jobs (newest first) matching ``conditions``, and how many match."""
+    page = (
+        select(JOBS)
+        .where(*conditions)
+        .order_by(C.created_at.desc(), C.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    count = select(func.count()).select_from(JOBS).where(*conditions)
+    rows = (await connection.execute(page)).all()
+    total = (await connection.execute(count)).scalar_one()
+    return rows, int(total)
+
+
+async def renew_leases(connection: AsyncConnection, miner_id: str, lease_until: datetime) -> None:
+    """Extend the leases of all of ``miner_id``'s running jobs."""
+    await connection.execute(
+        update(JOBS)
+        .where(C.miner_id == miner_id, C.status == JobStatus.RUNNING.value)
+        .values(lease_expires_at=lease_until)
+    )
+
+
+async def statuses(
+    connection: AsyncConnection, job_ids: Collection[str]
+) -> dict[str, tuple[str, str | None]]:
+    """``{job_id: (status, miner_id)}`` for the jobs that exist among ``job_ids``."""
+    rows = await connection.execute(
+        select(C.id, C.status, C.miner_id).where(C.id.in_(list(job_ids)))
+    )
+    return {row.id: (row.status, row.miner_id) for row in rows}
+
+
+async def overdue(connection: AsyncConnection, now: datetime) -> Sequence[JobRecord]:
+    """Unfinished jobs past their deadline."""
+    query = select(JOBS).where(
+        C.status.in_([JobStatus.PENDING.value, JobStatus.RUNNING.value]), C.deadline_at <= now
+    )
+    return (await connection.execute(query)).all()
+
+
+async def lapsed(connection: AsyncConnection, now: datetime) -> Sequence[JobRecord]:
+    """Running jobs whose lease has run out."""
+    query = select(JOBS).where(C.status == JobStatus.RUNNING.value, C.lease_expires_at <= now)
+    return (await connection.execute(query)).all()
