@@ -117,7 +117,7 @@ def start_server(port: int, data_dir: Path, database_url: str | None) -> subproc
     ]
     if database_url:
         command += ["--database-url", database_url]
-    return subprocess.Popen(command, env=env)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
 
 
 async def wait_healthy(
@@ -287,11 +287,23 @@ async def run(args: argparse.Namespace, database_url: str | None) -> dict[str, A
     }
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+async def run_once(args: argparse.Namespace) -> dict[str, Any]:
     if args.database_url:
         async with fresh_postgres(args.database_url) as url:
             return await run(args, url)
     return await run(args, None)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    """``--runs`` full runs (fresh server and database each); the median of each figure."""
+    runs = [await run_once(args) for _ in range(args.runs)]
+    result = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            result[key] = round(statistics.median(run[key] for run in runs), 2)
+    result["runs"] = args.runs
+    result["lifecycles_per_second_each"] = [run["lifecycles_per_second"] for run in runs]
+    return result
 
 
 def main() -> None:
@@ -303,6 +315,7 @@ def main() -> None:
     parser.add_argument("--submitters", type=int, default=8)
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--database-url", help="PostgreSQL server to create a bench DB on")
+    parser.add_argument("--runs", type=int, default=3, help="report the median of N runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
@@ -313,7 +326,10 @@ def main() -> None:
         f"backend              {result['backend']}  ({args.jobs} jobs, {args.miners} miners,"
         f" {args.submitters} submitters)"
     )
-    print(f"full lifecycles/s    {result['lifecycles_per_second']}")
+    print(
+        f"full lifecycles/s    {result['lifecycles_per_second']} (median of {args.runs}: "
+        f"{result['lifecycles_per_second_each']})"
+    )
     print(
         f"dispatch, idle miner p50 {result['idle_dispatch_ms_p50']} ms, "
         f"p99 {result['idle_dispatch_ms_p99']} ms ({result['latency_samples']} jobs)"

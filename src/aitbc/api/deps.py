@@ -26,10 +26,9 @@ async def get_optional_principal(request: Request) -> Principal | None:
     return principal
 
 
-async def get_principal(
-    principal: Annotated[Principal | None, Depends(get_optional_principal)],
-) -> Principal:
+async def get_principal(request: Request) -> Principal:
     """The caller; 401 without a valid ``X-Api-Key``."""
+    principal = await get_optional_principal(request)
     if principal is None:
         raise AuthenticationRequired("missing X-Api-Key header", error_code="missing_api_key")
     return principal

@@ -35,6 +35,8 @@ def create_engine(url: str) -> AsyncEngine:
             pool_size=1,
             max_overflow=0,
             pool_timeout=60,
+            # Every unit of work ends in commit or rollback already.
+            pool_reset_on_return=None,
             async_creator=inline_creator(database or ":memory:"),
         )
 

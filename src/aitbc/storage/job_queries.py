@@ -209,11 +209,12 @@ async def record_progress(
     return None if row is None else int(row.progress)
 
 
+_INSERT = insert(JOBS).returning(JOBS)
+
+
 async def insert_job(connection: AsyncConnection, values: Mapping[str, Any]) -> JobRecord:
-    """Insert a job and return it as stored."""
-    record: JobRecord = (
-        await connection.execute(insert(JOBS).values(**values).returning(JOBS))
-    ).one()
+    """Insert a job (``values`` are bound parameters) and return it as stored."""
+    record: JobRecord = (await connection.execute(_INSERT, dict(values))).one()
     return record
 
 
