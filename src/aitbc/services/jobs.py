@@ -16,8 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, NoReturn
 
-from sqlalchemy import ColumnElement
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import ColumnElement, Connection
 
 from aitbc.domain import pricing
 from aitbc.domain.jobs import (
@@ -46,6 +45,7 @@ from aitbc.services.dispatch import RECHECK_SECONDS, Offer
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.services.views import job_view
 from aitbc.storage import job_queries, queries
+from aitbc.storage.db import read, transaction
 from aitbc.storage.job_queries import JobRecord
 from aitbc.storage.models import StoredFile
 
@@ -79,10 +79,8 @@ def _visible_to(principal: Principal, row: JobRecord) -> bool:
     return principal.role == "miner" and row.miner_id == principal.owner_id
 
 
-async def _load_visible(
-    connection: AsyncConnection, principal: Principal, job_id: str
-) -> JobRecord:
-    row = await job_queries.get_job(connection, job_id)
+def _load_visible(connection: Connection, principal: Principal, job_id: str) -> JobRecord:
+    row = job_queries.get_job(connection, job_id)
     # A job someone else owns is reported as missing: ids are not an oracle.
     if row is None or not _visible_to(principal, row):
         raise NotFound(f"job {job_id} not found", error_code="job_not_found")
@@ -162,8 +160,7 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
             max_tokens, market.speeds.get(model)
         ),
     }
-    async with runtime.engine.begin() as connection:
-        row = await job_queries.insert_job(connection, values)
+    row = await transaction(runtime.engine, job_queries.insert_job, values)
     offer = offer_of(row)
     runtime.dispatcher.publish(offer)
     return offer.payload
@@ -171,8 +168,7 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
 
 async def get(runtime: Runtime, principal: Principal, job_id: str) -> Job:
     """One job, if the caller may see it."""
-    async with runtime.engine.connect() as connection:
-        return job_view(await _load_visible(connection, principal, job_id))
+    return job_view(await read(runtime.engine, _load_visible, principal, job_id))
 
 
 def _owner_filter(principal: Principal) -> ColumnElement[bool] | None:
@@ -205,8 +201,7 @@ async def list_jobs(
         conditions.append(C.created_at >= created_from)
     if created_before is not None:
         conditions.append(C.created_at < created_before)
-    async with runtime.engine.connect() as connection:
-        rows, total = await job_queries.fetch_page(connection, conditions, limit, offset)
+    rows, total = await read(runtime.engine, job_queries.fetch_page, conditions, limit, offset)
     return JobList(
         jobs=[job_view(row) for row in rows], total=total, has_more=offset + len(rows) < total
     )
@@ -233,11 +228,12 @@ async def cancel(runtime: Runtime, principal: Principal, job_id: str) -> Job:
     """Cancel a pending or running job; 409 once it is terminal."""
     require_role(principal, "client", "admin")
     now = runtime.clock()
-    async with runtime.engine.begin() as connection:
-        row = await _load_visible(connection, principal, job_id)
+
+    def work(connection: Connection) -> JobRecord:
+        row = _load_visible(connection, principal, job_id)
         current = JobStatus(row.status)
         ensure_transition(current, JobStatus.CANCELLED)
-        updated = await _transition(
+        return _transition(
             connection,
             job_id,
             current,
@@ -249,6 +245,8 @@ async def cancel(runtime: Runtime, principal: Principal, job_id: str) -> Job:
                 "error_code": "cancelled",
             },
         )
+
+    updated = await transaction(runtime.engine, work)
     runtime.dispatcher.release(job_id)
     return job_view(updated)
 
@@ -264,11 +262,11 @@ async def download(runtime: Runtime, principal: Principal, job_id: str) -> Job:
     return job
 
 
-async def _transition(
-    connection: AsyncConnection, job_id: str, expected: JobStatus, values: Mapping[str, Any]
+def _transition(
+    connection: Connection, job_id: str, expected: JobStatus, values: Mapping[str, Any]
 ) -> JobRecord:
     """Apply ``values`` only if the job is still in ``expected`` state (else 409)."""
-    row = await job_queries.transition(connection, job_id, expected, values)
+    row = job_queries.transition(connection, job_id, expected, values)
     if row is None:
         raise Conflict("the job changed state meanwhile; try again", error_code="job_changed")
     return row
@@ -309,10 +307,13 @@ async def next_for_miner(
 
 
 async def _next_pending(runtime: Runtime, hardware: MinerHardware) -> Sequence[JobRecord]:
-    async with runtime.engine.connect() as connection:
-        return await job_queries.next_jobs_for(
-            connection, hardware, runtime.dispatcher.offered_ids(), CANDIDATES_PER_POLL
-        )
+    return await read(
+        runtime.engine,
+        job_queries.next_jobs_for,
+        hardware,
+        runtime.dispatcher.offered_ids(),
+        CANDIDATES_PER_POLL,
+    )
 
 
 async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: str) -> Job:
@@ -321,19 +322,23 @@ async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: s
     hardware = await miner_service.hardware(runtime, miner_id)
     now = runtime.clock()
     lease_until = now + timedelta(seconds=runtime.settings.lease_seconds)
-    async with runtime.engine.begin() as connection:
-        row = await job_queries.claim(connection, hardware, job_id, miner_id, now, lease_until)
+
+    def work(connection: Connection) -> JobRecord:
+        row = job_queries.claim(connection, hardware, job_id, miner_id, now, lease_until)
         if row is None:
-            await _explain_refused_claim(connection, job_id, hardware, now)
+            _explain_refused_claim(connection, job_id, hardware, now)
+        return row
+
+    row = await transaction(runtime.engine, work)
     runtime.dispatcher.release(job_id)
     return job_view(row)
 
 
-async def _explain_refused_claim(
-    connection: AsyncConnection, job_id: str, hardware: MinerHardware, now: datetime
+def _explain_refused_claim(
+    connection: Connection, job_id: str, hardware: MinerHardware, now: datetime
 ) -> NoReturn:
     """Raise the reason a claim did not match: missing, taken, ineligible, timed out."""
-    row = await job_queries.get_job(connection, job_id)
+    row = job_queries.get_job(connection, job_id)
     if row is None:
         raise NotFound(f"job {job_id} not found", error_code="job_not_found")
     if row.status != JobStatus.PENDING.value:
@@ -348,8 +353,8 @@ async def _explain_refused_claim(
     raise Conflict("job was claimed by another miner", error_code="already_claimed")
 
 
-async def _held_job(connection: AsyncConnection, job_id: str, miner_id: str) -> JobRecord:
-    row = await job_queries.get_job(connection, job_id)
+def _held_job(connection: Connection, job_id: str, miner_id: str) -> JobRecord:
+    row = job_queries.get_job(connection, job_id)
     if row is None:
         raise NotFound(f"job {job_id} not found", error_code="job_not_found")
     if row.miner_id != miner_id:
@@ -363,18 +368,21 @@ async def report_progress(
     """Record progress and renew the lease; tell the miner to stop if the job ended."""
     require_miner(principal, report.miner_id)
     lease_until = runtime.clock() + timedelta(seconds=runtime.settings.lease_seconds)
-    async with runtime.engine.begin() as connection:
-        progress = await job_queries.record_progress(
+
+    def work(connection: Connection) -> ProgressAck:
+        progress = job_queries.record_progress(
             connection, job_id, report.miner_id, report.progress, lease_until
         )
         if progress is not None:
             return ProgressAck(
                 job_id=job_id, status=JobStatus.RUNNING, progress=progress, should_stop=False
             )
-        row = await _held_job(connection, job_id, report.miner_id)
-    return ProgressAck(
-        job_id=job_id, status=JobStatus(row.status), progress=row.progress, should_stop=True
-    )
+        row = _held_job(connection, job_id, report.miner_id)
+        return ProgressAck(
+            job_id=job_id, status=JobStatus(row.status), progress=row.progress, should_stop=True
+        )
+
+    return await transaction(runtime.engine, work)
 
 
 async def report_failure(
@@ -383,8 +391,9 @@ async def report_failure(
     """A miner gives up: retryable failures requeue the job while attempts remain."""
     require_miner(principal, report.miner_id)
     now = runtime.clock()
-    async with runtime.engine.begin() as connection:
-        row = await _held_job(connection, job_id, report.miner_id)
+
+    def work(connection: Connection) -> JobRecord:
+        row = _held_job(connection, job_id, report.miner_id)
         current = JobStatus(row.status)
         if current is not JobStatus.RUNNING:
             raise Conflict(
@@ -395,13 +404,15 @@ async def report_failure(
             if report.retryable
             else JobStatus.FAILED
         )
-        updated = await _transition(
+        return _transition(
             connection,
             job_id,
             current,
             _lost_attempt_values(target, now, report.error, "miner_error"),
         )
-    if target is JobStatus.PENDING:
+
+    updated = await transaction(runtime.engine, work)
+    if updated.status == JobStatus.PENDING.value:
         offer = offer_of(updated)
         runtime.dispatcher.publish(offer)
         return offer.payload
@@ -445,8 +456,10 @@ async def complete(
     now = runtime.clock()
     digest = result_digest(job_result.result)
     usage = job_result.usage
-    async with runtime.engine.begin() as connection:
-        row = await job_queries.complete(
+
+    def work(connection: Connection) -> JobRecord | None:
+        """The completed job, or None when it timed out (committed as failed)."""
+        row = job_queries.complete(
             connection,
             job_id,
             miner_id,
@@ -456,13 +469,13 @@ async def complete(
             (usage.prompt_tokens, usage.completion_tokens) if usage else None,
         )
         if row is not None:
-            return job_view(row)
+            return row
         # Not completed by this call: say why (or repeat an identical completion).
-        row = await _held_job(connection, job_id, miner_id)
+        row = _held_job(connection, job_id, miner_id)
         current = JobStatus(row.status)
         if current is JobStatus.COMPLETED:
             if row.result_sha256 == digest:
-                return job_view(row)  # idempotent re-send
+                return row  # idempotent re-send
             raise Conflict(
                 "job was already completed with a different result",
                 error_code="already_completed",
@@ -471,8 +484,13 @@ async def complete(
             raise Conflict(f"job is {current.value}", error_code=f"job_{current.value}")
         if now < row.deadline_at:
             raise Conflict("the job changed state meanwhile", error_code="job_changed")
-        await _transition(connection, job_id, current, _timeout_values(row, now))
-    raise Conflict("job passed its timeout before completing", error_code="job_timed_out")
+        _transition(connection, job_id, current, _timeout_values(row, now))
+        return None
+
+    completed = await transaction(runtime.engine, work)
+    if completed is None:
+        raise Conflict("job passed its timeout before completing", error_code="job_timed_out")
+    return job_view(completed)
 
 
 def _timeout_values(row: JobRecord, now: datetime) -> dict[str, object]:
@@ -496,15 +514,16 @@ async def sweep(runtime: Runtime) -> dict[str, int]:
     """
     now = runtime.clock()
     max_attempts = runtime.settings.max_attempts
-    timed_out = failed = 0
-    requeued: list[JobRecord] = []
-    async with runtime.engine.begin() as connection:
-        for row in await job_queries.overdue(connection, now):
+
+    def work(connection: Connection) -> tuple[list[str], list[JobRecord], int]:
+        timed_out: list[str] = []
+        requeued: list[JobRecord] = []
+        failed = 0
+        for row in job_queries.overdue(connection, now):
             values = _timeout_values(row, now)
-            if await job_queries.transition(connection, row.id, JobStatus(row.status), values):
-                timed_out += 1
-                runtime.dispatcher.release(row.id)
-        for row in await job_queries.lapsed(connection, now):
+            if job_queries.transition(connection, row.id, JobStatus(row.status), values):
+                timed_out.append(row.id)
+        for row in job_queries.lapsed(connection, now):
             target = status_after_lost_attempt(row.attempts, max_attempts)
             error = (
                 f"miner {row.miner_id} stopped renewing its lease"
@@ -512,13 +531,18 @@ async def sweep(runtime: Runtime) -> dict[str, int]:
                 else f"lease lapsed on all {row.attempts} attempts"
             )
             values = _lost_attempt_values(target, now, error, LEASE_LAPSED_ERROR_CODE)
-            updated = await job_queries.transition(connection, row.id, JobStatus.RUNNING, values)
+            updated = job_queries.transition(connection, row.id, JobStatus.RUNNING, values)
             if updated is None:
                 continue
             if target is JobStatus.PENDING:
                 requeued.append(updated)
             else:
                 failed += 1
+        return timed_out, requeued, failed
+
+    timed_out, requeued, failed = await transaction(runtime.engine, work)
+    for job_id in timed_out:
+        runtime.dispatcher.release(job_id)
     for row in requeued:
         runtime.dispatcher.publish(offer_of(row))
-    return {"timed_out": timed_out, "requeued": len(requeued), "failed": failed}
+    return {"timed_out": len(timed_out), "requeued": len(requeued), "failed": failed}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import cast
 
-from sqlalchemy import Table, update
+from sqlalchemy import Connection, Table, update
 
 from aitbc.domain.jobs import JobStatus, MinerHardware
 from aitbc.domain.money import to_micro
@@ -14,6 +14,7 @@ from aitbc.schemas import Heartbeat, HeartbeatAck, MinerCredentials, MinerRegist
 from aitbc.services.auth import add_key, require_miner
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.storage import job_queries
+from aitbc.storage.db import transaction
 from aitbc.storage.models import Miner
 
 MINERS = cast(Table, Miner.__table__)
@@ -105,8 +106,10 @@ async def heartbeat(
     """
     require_miner(principal, miner_id)
     now = runtime.clock()
-    async with runtime.engine.begin() as connection:
-        result = await connection.execute(
+    lease_until = now + timedelta(seconds=runtime.settings.lease_seconds)
+
+    def work(connection: Connection) -> list[str]:
+        result = connection.execute(
             update(MINERS)
             .where(MINERS.c.id == miner_id)
             .values(
@@ -118,17 +121,17 @@ async def heartbeat(
         )
         if result.rowcount != 1:
             raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
-        await job_queries.renew_leases(
-            connection, miner_id, now + timedelta(seconds=runtime.settings.lease_seconds)
-        )
-        stopped: list[str] = []
-        if beat.running_jobs:
-            known = await job_queries.statuses(connection, beat.running_jobs)
-            stopped = [
-                job_id
-                for job_id in beat.running_jobs
-                if known.get(job_id) != (JobStatus.RUNNING.value, miner_id)
-            ]
+        job_queries.renew_leases(connection, miner_id, lease_until)
+        if not beat.running_jobs:
+            return []
+        known = job_queries.statuses(connection, beat.running_jobs)
+        return [
+            job_id
+            for job_id in beat.running_jobs
+            if known.get(job_id) != (JobStatus.RUNNING.value, miner_id)
+        ]
+
+    stopped = await transaction(runtime.engine, work)
     return HeartbeatAck(miner_id=miner_id, status="ok", cancelled_jobs=stopped)
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import event, make_url
+from sqlalchemy import Connection, event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+
+# The greenlet bridge behind AsyncConnection.run_sync / AsyncSession.run_sync.
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 from aitbc.storage.inline_sqlite import inline_creator
 
@@ -56,3 +60,45 @@ def create_engine(url: str) -> AsyncEngine:
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded objects usable after commit."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def transaction(
+    engine: AsyncEngine,
+    work: Callable[Concatenate[Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """Run ``work(connection, ...)`` in one transaction: committed if it returns,
+    rolled back if it raises.
+
+    ``work`` is plain synchronous SQLAlchemy code. It runs in a single greenlet on the
+    async engine's sync facade (what ``AsyncConnection.run_sync`` does), so a whole
+    unit of work costs one hop into SQLAlchemy instead of one per statement plus the
+    async connection's begin/close bookkeeping; the async driver (asyncpg, or the
+    inline SQLite adapter) is still awaited underneath.
+    """
+
+    def unit() -> T:
+        with engine.sync_engine.begin() as connection:
+            return work(connection, *args, **kwargs)
+
+    return await greenlet_spawn(unit)
+
+
+async def read(
+    engine: AsyncEngine,
+    work: Callable[Concatenate[Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """Like :func:`transaction` for read-only work: nothing is committed."""
+
+    def unit() -> T:
+        with engine.sync_engine.connect() as connection:
+            return work(connection, *args, **kwargs)
+
+    return await greenlet_spawn(unit)

@@ -3,8 +3,9 @@
 Each lifecycle step is one conditional statement (``UPDATE ... WHERE <the state it
 needs> RETURNING *``), so the database decides races and a successful step costs
 one round trip. Statements are built once (per miner hardware where they depend on
-it) and reused with bound parameters. Helpers take an open connection and never
-commit: the calling service owns the transaction.
+it) and reused with bound parameters. Helpers are plain functions over a sync
+``Connection`` (services run a whole unit of work in one go, see
+``aitbc.storage.db.transaction``) and never commit: the service owns the transaction.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Row,
     Select,
     Table,
@@ -30,7 +32,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from aitbc.domain.jobs import JobStatus, MinerHardware
 from aitbc.storage.models import Job
@@ -75,15 +76,15 @@ def _next_jobs_statement(hardware: MinerHardware) -> Select[Any]:
     )
 
 
-async def next_jobs_for(
-    connection: AsyncConnection,
+def next_jobs_for(
+    connection: Connection,
     hardware: MinerHardware,
     exclude_ids: Collection[str],
     limit: int,
 ) -> Sequence[JobRecord]:
     """Up to ``limit`` pending jobs ``hardware`` may run, in dispatch order:
     highest priority, then oldest."""
-    result = await connection.execute(
+    result = connection.execute(
         _next_jobs_statement(hardware), {"exclude": list(exclude_ids), "limit": limit}
     )
     return list(result.all())
@@ -108,8 +109,8 @@ def _claim_statement(hardware: MinerHardware) -> Update:
     )
 
 
-async def claim(
-    connection: AsyncConnection,
+def claim(
+    connection: Connection,
     hardware: MinerHardware,
     job_id: str,
     miner_id: str,
@@ -117,7 +118,7 @@ async def claim(
     lease_until: datetime,
 ) -> JobRecord | None:
     """Make a pending job this miner may run ``running`` under its lease, or None."""
-    result = await connection.execute(
+    result = connection.execute(
         _claim_statement(hardware),
         {"job_id": job_id, "claimer": miner_id, "now": now, "lease_until": lease_until},
     )
@@ -148,8 +149,8 @@ _COMPLETE = (
 )
 
 
-async def complete(
-    connection: AsyncConnection,
+def complete(
+    connection: Connection,
     job_id: str,
     miner_id: str,
     now: datetime,
@@ -158,7 +159,7 @@ async def complete(
     usage: tuple[int, int] | None,
 ) -> JobRecord | None:
     """Store the result of a running job held by ``miner_id`` before its deadline."""
-    rows = await connection.execute(
+    rows = connection.execute(
         _COMPLETE,
         {
             "job_id": job_id,
@@ -191,12 +192,12 @@ _PROGRESS = (
 )
 
 
-async def record_progress(
-    connection: AsyncConnection, job_id: str, miner_id: str, progress: int, lease_until: datetime
+def record_progress(
+    connection: Connection, job_id: str, miner_id: str, progress: int, lease_until: datetime
 ) -> int | None:
     """Raise a running job's progress (never lower it) and renew its lease."""
     row = (
-        await connection.execute(
+        connection.execute(
             _PROGRESS,
             {
                 "job_id": job_id,
@@ -212,28 +213,26 @@ async def record_progress(
 _INSERT = insert(JOBS).returning(JOBS)
 
 
-async def insert_job(connection: AsyncConnection, values: Mapping[str, Any]) -> JobRecord:
+def insert_job(connection: Connection, values: Mapping[str, Any]) -> JobRecord:
     """Insert a job (``values`` are bound parameters) and return it as stored."""
-    record: JobRecord = (await connection.execute(_INSERT, dict(values))).one()
+    record: JobRecord = (connection.execute(_INSERT, dict(values))).one()
     return record
 
 
-async def get_job(connection: AsyncConnection, job_id: str) -> JobRecord | None:
+def get_job(connection: Connection, job_id: str) -> JobRecord | None:
     """One job by id."""
-    record: JobRecord | None = (
-        await connection.execute(select(JOBS).where(C.id == job_id))
-    ).first()
+    record: JobRecord | None = (connection.execute(select(JOBS).where(C.id == job_id))).first()
     return record
 
 
-async def transition(
-    connection: AsyncConnection,
+def transition(
+    connection: Connection,
     job_id: str,
     expected: JobStatus,
     values: Mapping[str, Any],
 ) -> JobRecord | None:
     """Apply ``values`` if the job is still ``expected``; the updated job or None."""
-    result = await connection.execute(
+    result = connection.execute(
         update(JOBS)
         .where(C.id == job_id, C.status == expected.value)
         .values(**values)
@@ -248,8 +247,8 @@ def jobs_query(*conditions: ColumnElement[bool]) -> Select[Any]:
     return select(JOBS).where(*conditions)
 
 
-async def fetch_page(
-    connection: AsyncConnection, conditions: Sequence[ColumnElement[bool]], limit: int, offset: int
+def fetch_page(
+    connection: Connection, conditions: Sequence[ColumnElement[bool]], limit: int, offset: int
 ) -> tuple[Sequence[JobRecord], int]:
     """A page of jobs (newest first) matching ``conditions``, and how many match."""
     page = (
@@ -260,39 +259,35 @@ async def fetch_page(
         .offset(offset)
     )
     count = select(func.count()).select_from(JOBS).where(*conditions)
-    rows = (await connection.execute(page)).all()
-    total = (await connection.execute(count)).scalar_one()
+    rows = (connection.execute(page)).all()
+    total = (connection.execute(count)).scalar_one()
     return rows, int(total)
 
 
-async def renew_leases(connection: AsyncConnection, miner_id: str, lease_until: datetime) -> None:
+def renew_leases(connection: Connection, miner_id: str, lease_until: datetime) -> None:
     """Extend the leases of all of ``miner_id``'s running jobs."""
-    await connection.execute(
+    connection.execute(
         update(JOBS)
         .where(C.miner_id == miner_id, C.status == JobStatus.RUNNING.value)
         .values(lease_expires_at=lease_until)
     )
 
 
-async def statuses(
-    connection: AsyncConnection, job_ids: Collection[str]
-) -> dict[str, tuple[str, str | None]]:
+def statuses(connection: Connection, job_ids: Collection[str]) -> dict[str, tuple[str, str | None]]:
     """``{job_id: (status, miner_id)}`` for the jobs that exist among ``job_ids``."""
-    rows = await connection.execute(
-        select(C.id, C.status, C.miner_id).where(C.id.in_(list(job_ids)))
-    )
+    rows = connection.execute(select(C.id, C.status, C.miner_id).where(C.id.in_(list(job_ids))))
     return {row.id: (row.status, row.miner_id) for row in rows}
 
 
-async def overdue(connection: AsyncConnection, now: datetime) -> Sequence[JobRecord]:
+def overdue(connection: Connection, now: datetime) -> Sequence[JobRecord]:
     """Unfinished jobs past their deadline."""
     query = select(JOBS).where(
         C.status.in_([JobStatus.PENDING.value, JobStatus.RUNNING.value]), C.deadline_at <= now
     )
-    return (await connection.execute(query)).all()
+    return (connection.execute(query)).all()
 
 
-async def lapsed(connection: AsyncConnection, now: datetime) -> Sequence[JobRecord]:
+def lapsed(connection: Connection, now: datetime) -> Sequence[JobRecord]:
     """Running jobs whose lease has run out."""
     query = select(JOBS).where(C.status == JobStatus.RUNNING.value, C.lease_expires_at <= now)
-    return (await connection.execute(query)).all()
+    return (connection.execute(query)).all()
