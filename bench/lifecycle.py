@@ -64,6 +64,16 @@ class Recorder:
             await self.progressed.wait()
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -223,6 +233,7 @@ async def run(args: argparse.Namespace, database_url: str | None) -> dict[str, A
                 ]
                 await asyncio.sleep(0.3)
                 started = time.perf_counter()
+                cpu_before = _cpu_seconds(process.pid)
                 queue = iter(range(args.jobs))
 
                 async def submitter() -> None:
@@ -238,7 +249,13 @@ async def run(args: argparse.Namespace, database_url: str | None) -> dict[str, A
                         if worker.done():
                             worker.result()  # raises the miner's error
                 elapsed = time.perf_counter() - started
+                cpu_after = _cpu_seconds(process.pid)
                 throughput = args.jobs / elapsed
+                server_cpu_ms = (
+                    None
+                    if cpu_before is None or cpu_after is None
+                    else round((cpu_after - cpu_before) / args.jobs * 1000, 3)
+                )
                 queued_latencies = [
                     (recorder.received[j] - t) * 1000 for j, t in recorder.submitted.items()
                 ]
@@ -279,6 +296,7 @@ async def run(args: argparse.Namespace, database_url: str | None) -> dict[str, A
         "submitters": args.submitters,
         "lifecycles_per_second": round(throughput, 1),
         "claim_conflicts": recorder.conflicts,
+        "server_cpu_ms_per_lifecycle": server_cpu_ms,
         "queued_dispatch_ms_p50": round(statistics.median(queued_latencies), 2),
         "queued_dispatch_ms_p99": round(_percentile(queued_latencies, 99), 2),
         "idle_dispatch_ms_p50": round(statistics.median(dispatch), 2),
@@ -338,6 +356,7 @@ def main() -> None:
         f"dispatch, under load p50 {result['queued_dispatch_ms_p50']} ms, "
         f"p99 {result['queued_dispatch_ms_p99']} ms (includes queueing)"
     )
+    print(f"server CPU/lifecycle {result['server_cpu_ms_per_lifecycle']} ms (median)")
     print(f"claim conflicts      {result['claim_conflicts']}")
 
 
