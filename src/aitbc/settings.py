@@ -26,7 +26,6 @@ class Settings(BaseSettings):
     # None means "SQLite file in data_dir"; postgresql://... selects PostgreSQL.
     database_url: str | None = None
     admin_key: str | None = None
-    redis_url: str | None = None
 
     open_client_registration: bool = True
     open_miner_registration: bool = True

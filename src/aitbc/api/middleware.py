@@ -8,7 +8,6 @@ Every response carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -23,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aitbc.errors import AITBCError
-from aitbc.services.auth import authenticate
+from aitbc.services.auth import authenticate, hash_key
 from aitbc.services.runtime import Principal, Runtime
 
 PRINCIPAL_STATE_KEY = "principal"
@@ -95,8 +94,8 @@ class AuthRateLimitMiddleware:
         if (principal is not None and principal.is_admin) or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        if principal is not None:
-            identity = "key:" + hashlib.sha256(secret.encode()).hexdigest()  # type: ignore[union-attr]
+        if principal is not None and secret:
+            identity = "key:" + hash_key(secret)
             items = self.limits.miner if principal.role == "miner" else self.limits.default
         else:
             client = scope.get("client")

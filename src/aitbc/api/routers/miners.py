@@ -32,7 +32,7 @@ router = APIRouter(tags=["Miners"])
     "/v1/miners/register",
     status_code=201,
     response_model=MinerCredentials,
-    responses={200: {"description": "registration updated (with the miner's own key)"}},
+    responses={204: {"description": "registration updated (sent with the miner's own key)"}},
 )
 async def register_miner(
     runtime: RuntimeDep,
