@@ -353,8 +353,8 @@ def main() -> None:
         f"p99 {result['idle_dispatch_ms_p99']} ms ({result['latency_samples']} jobs)"
     )
     print(
-        f"dispatch, under load p50 {result['queued_dispatch_ms_p50']} ms, "
-        f"p99 {result['queued_dispatch_ms_p99']} ms (includes queueing)"
+        f"queue wait, flooded  p50 {result['queued_dispatch_ms_p50']} ms, "
+        f"p99 {result['queued_dispatch_ms_p99']} ms (submitters outpace miners)"
     )
     print(f"server CPU/lifecycle {result['server_cpu_ms_per_lifecycle']} ms (median)")
     print(f"claim conflicts      {result['claim_conflicts']}")

@@ -29,19 +29,31 @@ class StrictRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_nul(cls, data: Any) -> Any:
-        if _has_nul(data):
-            raise ValueError("text must not contain NUL (U+0000) characters")
+        problem = _bad_text(data)
+        if problem:
+            raise ValueError(problem)
         return data
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _bad_text(value: Any) -> str | None:
+    """Why a string anywhere in ``value`` cannot be stored, or None (iterative: no recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "text must not contain NUL (U+0000) characters"
+            if _SURROGATE.search(item):
+                return "text must not contain lone UTF-16 surrogates (U+D800-U+DFFF)"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 class JobParams(StrictRequest):
@@ -217,7 +229,10 @@ def parse_memory_gb(value: float | str) -> float:
         raise ValueError(f"cannot read memory size {value!r}; use e.g. 24 or '24GB'")
     number = float(match.group(1))
     unit = (match.group(2) or "G")[0].upper()
-    return {"M": number / 1024, "G": number, "T": number * 1024}[unit]
+    gb = {"M": number / 1024, "G": number, "T": number * 1024}[unit]
+    if not math.isfinite(gb):
+        raise ValueError(f"memory size {value!r} is too large")
+    return gb
 
 
 class MinerRegistration(StrictRequest):

@@ -165,3 +165,64 @@ async def test_waiting_miners_each_get_one_new_job(coordinator: Coordinator) -> 
     submitted = {(await coordinator.submit(client))["job_id"] for _ in range(4)}
     offers = await asyncio.wait_for(asyncio.gather(*waiting), timeout=5)
     assert {offer["job_id"] for offer in offers if offer is not None} == submitted
+
+
+# --- found by fuzzing (schemathesis and hand-made requests) ------------------------------
+
+
+async def test_deeply_nested_json_is_refused_not_500(
+    coordinator: Coordinator, lenient_http: httpx.AsyncClient
+) -> None:
+    _client_id, client = await coordinator.new_client()
+    nested = '{"zz":' + "[" * 400 + "]" * 400 + "}"
+    for path, headers in (("/v1/clients/register", {}), ("/v1/jobs", client)):
+        response = await lenient_http.post(
+            path, content=nested, headers={**headers, "content-type": "application/json"}
+        )
+        assert 400 <= response.status_code < 500, f"{path}: {response.text}"
+        assert_error(response, response.status_code)
+
+
+async def test_lone_surrogates_are_refused_not_500(
+    coordinator: Coordinator, lenient_http: httpx.AsyncClient
+) -> None:
+    _client_id, client = await coordinator.new_client()
+    miner = await coordinator.new_miner("m1")
+    job_id = (await coordinator.submit(client))["job_id"]
+    await claim_ok(coordinator, job_id, "m1", miner)
+    for path, body in (
+        ("/v1/miners/m1/heartbeat", '{"running_jobs": ["\\ud800"]}'),
+        (f"/v1/jobs/{job_id}/complete", '{"miner_id": "m1", "result": "\\ud800"}'),
+        ("/v1/jobs", '{"prompt": "a\\udfffb"}'),
+    ):
+        headers = client if path == "/v1/jobs" else miner
+        response = await lenient_http.post(
+            path, content=body, headers={**headers, "content-type": "application/json"}
+        )
+        assert response.status_code == 422, f"{path}: {response.text}"
+        assert_error(response, 422, "validation_error")
+    assert (await get_job(coordinator, job_id, client))["status"] == "running"
+
+
+async def test_absurd_gpu_memory_is_refused_and_admin_listing_survives(
+    coordinator: Coordinator, lenient_http: httpx.AsyncClient
+) -> None:
+    for memory in ("9" * 400, "9" * 306 + "T"):
+        response = await lenient_http.post(
+            "/v1/miners/register",
+            json={
+                "miner_id": "x",
+                "capabilities": ["m"],
+                "gpu_info": {"name": "g", "memory": memory},
+            },
+        )
+        assert_error(response, 422, "validation_error")
+    listing = await lenient_http.get("/v1/admin/miners", headers=coordinator.admin_headers)
+    assert listing.status_code == 200, listing.text
+
+
+async def test_openapi_documents_the_error_shape(coordinator: Coordinator) -> None:
+    spec = (await coordinator.http.get("/openapi.json")).json()
+    submit = spec["paths"]["/v1/jobs"]["post"]["responses"]
+    assert submit["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert "4XX" in submit

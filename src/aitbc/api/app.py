@@ -13,6 +13,7 @@ from aitbc import __version__
 from aitbc.api.errors import install_error_handlers
 from aitbc.api.middleware import AuthRateLimitMiddleware, BodySizeLimitMiddleware
 from aitbc.api.routers import admin, clients, files, jobs, miners, system
+from aitbc.schemas import ErrorBody
 from aitbc.services import sweeper
 from aitbc.services.auth import ensure_admin_key
 from aitbc.services.runtime import Clock, Runtime, utc_now
@@ -58,6 +59,10 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
         version=__version__,
         description="Submit AI compute jobs, run them as a miner, and follow the network.",
         lifespan=lifespan,
+        responses={
+            422: {"model": ErrorBody, "description": "Validation Error"},
+            "4XX": {"model": ErrorBody, "description": "Error"},
+        },
     )
     app.state.runtime = runtime
     install_error_handlers(app)

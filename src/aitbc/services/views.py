@@ -66,7 +66,9 @@ def miner_view(miner: models.Miner, jobs_completed: int) -> Miner:
     return Miner(
         miner_id=miner.id,
         capabilities=miner.capabilities,
-        gpu_info=GpuInfo(name=miner.gpu_name, memory=miner.gpu_memory_gb, count=miner.gpu_count),
+        gpu_info=GpuInfo.model_construct(
+            name=miner.gpu_name, memory=miner.gpu_memory_gb, count=miner.gpu_count
+        ),
         price=to_ait(miner.price_micro),
         status=miner.status,
         utilisation=miner.utilisation,
