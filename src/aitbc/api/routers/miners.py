@@ -73,9 +73,12 @@ async def available_job(
     wait: Annotated[float, Query(ge=0, le=300, description="long-poll seconds")] = 0,
 ) -> Job | Response | None:
     """The next job this miner can run (priority, then age), or null after ``wait`` s."""
+    # Under load a job is usually ready: answer straight away, without the
+    # bookkeeping a long poll needs.
+    ready = await jobs.next_for_miner(runtime, principal, miner_id, 0)
+    if ready is not None or wait <= 0:
+        return ready
     poll = asyncio.ensure_future(jobs.next_for_miner(runtime, principal, miner_id, wait))
-    if wait <= 0:
-        return await poll
     # A miner that hangs up mid-poll must not be handed a job nobody will read:
     # cancelling the poll withdraws it from the dispatcher (and releases any offer).
     hung_up = asyncio.ensure_future(_disconnected(request))
