@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -41,7 +41,7 @@ from aitbc.schemas import (
 )
 from aitbc.services import miners as miner_service
 from aitbc.services.auth import require_client, require_miner, require_role
-from aitbc.services.dispatch import RECHECK_SECONDS, Offer
+from aitbc.services.dispatch import RECHECK_SECONDS, Dispatcher, Offer
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.services.views import job_view
 from aitbc.storage import job_queries, queries
@@ -52,8 +52,6 @@ from aitbc.storage.models import StoredFile
 C = job_queries.JOBS.c
 TIMEOUT_ERROR_CODE = "timeout"
 LEASE_LAPSED_ERROR_CODE = "lease_expired"
-# Jobs read per poll, so concurrent polls can each pick a different one.
-CANDIDATES_PER_POLL = 8
 
 
 def _requirements(row: JobRecord) -> Requirements:
@@ -288,16 +286,9 @@ async def next_for_miner(
     give_up_at = loop.time() + wait_seconds
     while True:
         generation = dispatcher.generation
-        candidates = await _next_pending(runtime, hardware)
-        # Other polls may have been offered some of these while we awaited the
-        # database; picking and marking now, with no await in between, is atomic.
-        offered = dispatcher.offered_ids()
-        row = next((c for c in candidates if c.id not in offered), None)
+        row = await read(runtime.engine, _take_next_pending, dispatcher, hardware)
         if row is not None:
-            dispatcher.mark_offered(row.id)
             return job_view(row)
-        if len(candidates) == CANDIDATES_PER_POLL:
-            continue  # all taken meanwhile, but more may be queued
         remaining = give_up_at - loop.time()
         if remaining <= 0:
             return None
@@ -306,14 +297,26 @@ async def next_for_miner(
             return offer.payload
 
 
-async def _next_pending(runtime: Runtime, hardware: MinerHardware) -> Sequence[JobRecord]:
-    return await read(
-        runtime.engine,
-        job_queries.next_jobs_for,
-        hardware,
-        runtime.dispatcher.offered_ids(),
-        CANDIDATES_PER_POLL,
-    )
+def _take_next_pending(
+    connection: Connection, dispatcher: Dispatcher[Job], hardware: MinerHardware
+) -> JobRecord | None:
+    """The first pending job ``hardware`` may run that no other poll was just offered,
+    marked as offered to this one."""
+    while True:
+        # Enough ids that one is not on offer elsewhere, unless the queue has no more.
+        limit = len(dispatcher.offered_ids()) + 1
+        ids = job_queries.next_job_ids(connection, hardware, limit)
+        # Nothing is awaited between reading the offers and marking one: atomic.
+        offered = dispatcher.offered_ids()
+        chosen = next((job_id for job_id in ids if job_id not in offered), None)
+        if chosen is not None:
+            dispatcher.mark_offered(chosen)
+            row = job_queries.get_job(connection, chosen)
+            if row is not None:
+                return row
+            dispatcher.release(chosen)
+        elif len(ids) < limit:
+            return None
 
 
 async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: str) -> Job:

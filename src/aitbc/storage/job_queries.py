@@ -56,7 +56,9 @@ def dispatch_filter(hardware: MinerHardware) -> ColumnElement[bool]:
     gpu_name = (hardware.gpu_name or "").lower()
     return and_(
         C.status == JobStatus.PENDING.value,
-        C.model.in_(sorted(hardware.models)),
+        # One bound parameter per model (not an "expanding" IN list, which makes
+        # SQLAlchemy re-render the statement on every execution).
+        C.model.in_([literal(model) for model in sorted(hardware.models)]),
         C.req_gpu_count <= hardware.gpu_count,
         C.req_min_vram_gb <= (hardware.gpu_memory_gb or 0.0),
         or_(
@@ -67,27 +69,20 @@ def dispatch_filter(hardware: MinerHardware) -> ColumnElement[bool]:
 
 
 @lru_cache(maxsize=HARDWARE_CACHE_SIZE)
-def _next_jobs_statement(hardware: MinerHardware) -> Select[Any]:
+def _next_job_ids_statement(hardware: MinerHardware) -> Select[Any]:
     return (
-        select(JOBS)
-        .where(dispatch_filter(hardware), C.id.not_in(bindparam("exclude", expanding=True)))
+        select(C.id)
+        .where(dispatch_filter(hardware))
         .order_by(C.priority.desc(), C.created_at, C.id)
         .limit(bindparam("limit"))
     )
 
 
-def next_jobs_for(
-    connection: Connection,
-    hardware: MinerHardware,
-    exclude_ids: Collection[str],
-    limit: int,
-) -> Sequence[JobRecord]:
-    """Up to ``limit`` pending jobs ``hardware`` may run, in dispatch order:
-    highest priority, then oldest."""
-    result = connection.execute(
-        _next_jobs_statement(hardware), {"exclude": list(exclude_ids), "limit": limit}
-    )
-    return list(result.all())
+def next_job_ids(connection: Connection, hardware: MinerHardware, limit: int) -> list[str]:
+    """Ids of up to ``limit`` pending jobs ``hardware`` may run, in dispatch order:
+    highest priority, then oldest. Read off the dispatch index, without the rows."""
+    result = connection.execute(_next_job_ids_statement(hardware), {"limit": limit})
+    return list(result.scalars().all())
 
 
 @lru_cache(maxsize=HARDWARE_CACHE_SIZE)
