@@ -32,8 +32,6 @@ from aitbc.domain.jobs import (
 from aitbc.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied
 from aitbc.schemas import (
     FailureReport,
-    Job,
-    JobList,
     JobRequest,
     JobResult,
     ProgressAck,
@@ -43,7 +41,7 @@ from aitbc.services import miners as miner_service
 from aitbc.services.auth import require_client, require_miner, require_role
 from aitbc.services.dispatch import RECHECK_SECONDS, Dispatcher, Offer
 from aitbc.services.runtime import Principal, Runtime
-from aitbc.services.views import job_view
+from aitbc.services.views import JobDocument, job_document, job_list_document
 from aitbc.storage import job_queries, queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.job_queries import JobRecord
@@ -62,10 +60,10 @@ def _requirements(row: JobRecord) -> Requirements:
     )
 
 
-def offer_of(row: JobRecord) -> Offer[Job]:
+def offer_of(row: JobRecord) -> Offer[JobDocument]:
     """What the dispatcher needs to hand ``row`` to a waiting miner."""
     return Offer(
-        job_id=row.id, model=row.model, requirements=_requirements(row), payload=job_view(row)
+        job_id=row.id, model=row.model, requirements=_requirements(row), payload=job_document(row)
     )
 
 
@@ -102,7 +100,7 @@ async def _prompt_from_file(runtime: Runtime, client_id: str, file_id: str) -> s
     return text
 
 
-async def submit(runtime: Runtime, principal: Principal, request: JobRequest) -> Job:
+async def submit(runtime: Runtime, principal: Principal, request: JobRequest) -> JobDocument:
     """Queue a job for the calling client and offer it to a waiting miner."""
     client_id = require_client(principal)
     settings = runtime.settings
@@ -164,9 +162,9 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
     return offer.payload
 
 
-async def get(runtime: Runtime, principal: Principal, job_id: str) -> Job:
+async def get(runtime: Runtime, principal: Principal, job_id: str) -> JobDocument:
     """One job, if the caller may see it."""
-    return job_view(await read(runtime.engine, _load_visible, principal, job_id))
+    return job_document(await read(runtime.engine, _load_visible, principal, job_id))
 
 
 def _owner_filter(principal: Principal) -> ColumnElement[bool] | None:
@@ -186,7 +184,7 @@ async def list_jobs(
     created_before: datetime | None = None,
     limit: int = 20,
     offset: int = 0,
-) -> JobList:
+) -> dict[str, Any]:
     """The caller's jobs (all jobs for admins), newest first, in the list envelope."""
     require_role(principal, "client", "admin")
     conditions: list[ColumnElement[bool]] = []
@@ -200,14 +198,12 @@ async def list_jobs(
     if created_before is not None:
         conditions.append(C.created_at < created_before)
     rows, total = await read(runtime.engine, job_queries.fetch_page, conditions, limit, offset)
-    return JobList(
-        jobs=[job_view(row) for row in rows], total=total, has_more=offset + len(rows) < total
-    )
+    return job_list_document(rows, total, offset)
 
 
 async def history(
     runtime: Runtime, principal: Principal, start: date, end: date, limit: int, offset: int
-) -> JobList:
+) -> dict[str, Any]:
     """Jobs created between two UTC dates, both inclusive."""
     if end < start:
         raise InvalidRequest("'to' is before 'from'", error_code="invalid_date_range")
@@ -222,7 +218,7 @@ async def history(
     )
 
 
-async def cancel(runtime: Runtime, principal: Principal, job_id: str) -> Job:
+async def cancel(runtime: Runtime, principal: Principal, job_id: str) -> JobDocument:
     """Cancel a pending or running job; 409 once it is terminal."""
     require_role(principal, "client", "admin")
     now = runtime.clock()
@@ -246,15 +242,15 @@ async def cancel(runtime: Runtime, principal: Principal, job_id: str) -> Job:
 
     updated = await transaction(runtime.engine, work)
     runtime.dispatcher.release(job_id)
-    return job_view(updated)
+    return job_document(updated)
 
 
-async def download(runtime: Runtime, principal: Principal, job_id: str) -> Job:
+async def download(runtime: Runtime, principal: Principal, job_id: str) -> JobDocument:
     """A completed job, for its result to be delivered in its ``output_config.format``."""
     job = await get(runtime, principal, job_id)
-    if job.status is not JobStatus.COMPLETED:
+    if job["status"] != JobStatus.COMPLETED.value:
         raise Conflict(
-            f"job is {job.status.value}; a result exists only once it is completed",
+            f"job is {job['status']}; a result exists only once it is completed",
             error_code="result_not_ready",
         )
     return job
@@ -275,7 +271,7 @@ def _transition(
 
 async def next_for_miner(
     runtime: Runtime, principal: Principal, miner_id: str, wait_seconds: float
-) -> Job | None:
+) -> JobDocument | None:
     """The job this miner should take next, waiting up to ``wait_seconds`` for one."""
     require_miner(principal, miner_id)
     hardware = await miner_service.hardware(runtime, miner_id)
@@ -288,7 +284,7 @@ async def next_for_miner(
         generation = dispatcher.generation
         row = await read(runtime.engine, _take_next_pending, dispatcher, hardware)
         if row is not None:
-            return job_view(row)
+            return job_document(row)
         remaining = give_up_at - loop.time()
         if remaining <= 0:
             return None
@@ -298,7 +294,7 @@ async def next_for_miner(
 
 
 def _take_next_pending(
-    connection: Connection, dispatcher: Dispatcher[Job], hardware: MinerHardware
+    connection: Connection, dispatcher: Dispatcher[JobDocument], hardware: MinerHardware
 ) -> JobRecord | None:
     """The first pending job ``hardware`` may run that no other poll was just offered,
     marked as offered to this one."""
@@ -319,7 +315,7 @@ def _take_next_pending(
             return None
 
 
-async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: str) -> Job:
+async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: str) -> JobDocument:
     """Give a pending job to this miner with a lease; exactly one concurrent claim wins."""
     require_miner(principal, miner_id)
     hardware = await miner_service.hardware(runtime, miner_id)
@@ -334,7 +330,7 @@ async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: s
 
     row = await transaction(runtime.engine, work)
     runtime.dispatcher.release(job_id)
-    return job_view(row)
+    return job_document(row)
 
 
 def _explain_refused_claim(
@@ -390,7 +386,7 @@ async def report_progress(
 
 async def report_failure(
     runtime: Runtime, principal: Principal, job_id: str, report: FailureReport
-) -> Job:
+) -> JobDocument:
     """A miner gives up: retryable failures requeue the job while attempts remain."""
     require_miner(principal, report.miner_id)
     now = runtime.clock()
@@ -419,7 +415,7 @@ async def report_failure(
         offer = offer_of(updated)
         runtime.dispatcher.publish(offer)
         return offer.payload
-    return job_view(updated)
+    return job_document(updated)
 
 
 def _lost_attempt_values(
@@ -452,7 +448,7 @@ def result_digest(result: str) -> str:
 
 async def complete(
     runtime: Runtime, principal: Principal, job_id: str, job_result: JobResult
-) -> Job:
+) -> JobDocument:
     """Store the result of a job this miner holds; re-sending the same result is a no-op."""
     miner_id = job_result.miner_id
     require_miner(principal, miner_id)
@@ -493,7 +489,7 @@ async def complete(
     completed = await transaction(runtime.engine, work)
     if completed is None:
         raise Conflict("job passed its timeout before completing", error_code="job_timed_out")
-    return job_view(completed)
+    return job_document(completed)
 
 
 def _timeout_values(row: JobRecord, now: datetime) -> dict[str, object]:

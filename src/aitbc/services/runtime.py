@@ -10,11 +10,11 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aitbc.domain.jobs import MinerHardware
-from aitbc.schemas import Job
 from aitbc.services.dispatch import Dispatcher
 from aitbc.services.estimates import EstimateCache
 from aitbc.settings import Settings
@@ -55,8 +55,8 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     clock: Clock = utc_now
     new_id: IdFactory = random_id
-    # Pending jobs handed to long-polling miners, as the Job view they receive.
-    dispatcher: Dispatcher[Job] = field(default_factory=Dispatcher)
+    # Pending jobs handed to long-polling miners, as the Job document they receive.
+    dispatcher: Dispatcher[dict[str, Any]] = field(default_factory=Dispatcher)
     # SHA-256 of key -> principal; filled on first use, dropped on revocation.
     key_cache: dict[str, Principal] = field(default_factory=dict)
     # miner id -> what it serves; miners change it only by registering again.

@@ -2,63 +2,85 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row
 
-from aitbc.domain.jobs import JobStatus, Priority
+from aitbc.domain.jobs import Priority
 from aitbc.domain.money import to_ait
-from aitbc.schemas import GpuInfo, Job, JobRequirements, Miner, OutputConfig, Usage
+from aitbc.schemas import GpuInfo, Miner
 from aitbc.storage import models
 
-PRIORITY_BY_RANK = {priority.rank: priority for priority in Priority}
+PRIORITY_NAMES = {priority.rank: priority.value for priority in Priority}
+
+# A job as the JSON object of the ``Job`` schema, ready to serialize.
+JobDocument = dict[str, Any]
 
 
-def job_view(job: Row[Any] | models.Job) -> Job:
-    """The ``Job`` schema of a stored job.
+def _iso(moment: datetime | None) -> str | None:
+    """What pydantic writes for an aware UTC datetime: ISO 8601 ending in "Z"."""
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
-    Built with ``model_construct`` (no validation): every value comes from a row this
-    service wrote after validating it, and re-validating it on each of the thousands
-    of reads per second was a tenth of the coordinator's CPU.
+
+def job_document(job: Row[Any] | models.Job) -> JobDocument:
+    """The ``Job`` schema of a stored job as plain JSON values.
+
+    Jobs are the coordinator's hottest output (every submit, poll, claim and
+    completion returns one): building the JSON object directly costs a fraction of
+    constructing and serializing the pydantic model. ``Job`` stays the documented
+    schema; tests check that every document validates against it and serializes
+    identically.
     """
     usage = (
-        Usage.model_construct(
-            prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens
-        )
+        {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens}
         if job.prompt_tokens is not None and job.completion_tokens is not None
         else None
     )
-    return Job.model_construct(
-        job_id=job.id,
-        status=JobStatus(job.status),
-        model=job.model,
-        prompt=job.prompt,
-        input_file_id=job.input_file_id,
-        params=job.params,
-        requirements=JobRequirements.model_construct(
-            gpu_type=job.req_gpu_type,
-            gpu_count=job.req_gpu_count or None,
-            min_vram_gb=job.req_min_vram_gb or None,
-        ),
-        priority=PRIORITY_BY_RANK[job.priority],
-        timeout_seconds=job.timeout_seconds,
-        output_config=OutputConfig.model_construct(**job.output_config),
-        progress=job.progress,
-        attempts=job.attempts,
-        miner_id=job.miner_id,
-        client_id=job.client_id,
-        result=job.result,
-        error=job.error,
-        error_code=job.error_code,
-        usage=usage,
-        estimated_cost=(
+    output_config = job.output_config
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "model": job.model,
+        "prompt": job.prompt,
+        "input_file_id": job.input_file_id,
+        "params": job.params,
+        "requirements": {
+            "gpu_type": job.req_gpu_type,
+            "gpu_count": job.req_gpu_count or None,
+            "min_vram_gb": job.req_min_vram_gb or None,
+        },
+        "priority": PRIORITY_NAMES[job.priority],
+        "timeout_seconds": job.timeout_seconds,
+        "output_config": {
+            "destination": output_config.get("destination", "local"),
+            "format": output_config.get("format", "json"),
+        },
+        "progress": job.progress,
+        "attempts": job.attempts,
+        "miner_id": job.miner_id,
+        "client_id": job.client_id,
+        "result": job.result,
+        "error": job.error,
+        "error_code": job.error_code,
+        "usage": usage,
+        "estimated_cost": (
             None if job.estimated_cost_micro is None else to_ait(job.estimated_cost_micro)
         ),
-        estimated_time_seconds=job.estimated_time_seconds,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        completed_at=job.completed_at,
-    )
+        "estimated_time_seconds": job.estimated_time_seconds,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "completed_at": _iso(job.completed_at),
+    }
+
+
+def job_list_document(
+    rows: Iterable[Row[Any] | models.Job], total: int, offset: int
+) -> dict[str, Any]:
+    """One page of jobs in the ``JobList`` envelope."""
+    jobs = [job_document(row) for row in rows]
+    return {"jobs": jobs, "total": total, "has_more": offset + len(jobs) < total}
 
 
 def miner_view(miner: models.Miner, jobs_completed: int) -> Miner:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from aitbc.api.deps import PrincipalDep, RuntimeDep
+from aitbc.api.responses import JSONDocument
 from aitbc.domain.jobs import JobStatus
 from aitbc.schemas import AdminStats, ClientCredentials, ClientRegistration, JobList, Miner
 from aitbc.services import admin, auth, jobs
@@ -27,10 +28,12 @@ async def list_all_jobs(
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-) -> JobList:
+) -> JSONDocument:
     """Every job in the system, newest first."""
     auth.require_role(principal, "admin")
-    return await jobs.list_jobs(runtime, principal, status=status, limit=limit, offset=offset)
+    return JSONDocument(
+        await jobs.list_jobs(runtime, principal, status=status, limit=limit, offset=offset)
+    )
 
 
 @router.get("/stats", response_model=AdminStats)

@@ -6,9 +6,10 @@ import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 
 from aitbc.api.deps import JobId, PrincipalDep, RuntimeDep
+from aitbc.api.responses import JSONDocument
 from aitbc.domain.jobs import JobStatus
 from aitbc.schemas import Job, JobList, JobRequest
 from aitbc.services import jobs
@@ -20,9 +21,11 @@ Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
 
 
 @router.post("", status_code=201, response_model=Job)
-async def submit_job(runtime: RuntimeDep, principal: PrincipalDep, body: JobRequest) -> Job:
+async def submit_job(
+    runtime: RuntimeDep, principal: PrincipalDep, body: JobRequest
+) -> JSONDocument:
     """Queue a job; the answer carries its cost and time estimates."""
-    return await jobs.submit(runtime, principal, body)
+    return JSONDocument(await jobs.submit(runtime, principal, body), status_code=201)
 
 
 @router.get("", response_model=JobList)
@@ -32,9 +35,11 @@ async def list_jobs(
     status: JobStatus | None = None,
     limit: Limit = 20,
     offset: Offset = 0,
-) -> JobList:
+) -> JSONDocument:
     """The caller's jobs, newest first."""
-    return await jobs.list_jobs(runtime, principal, status=status, limit=limit, offset=offset)
+    return JSONDocument(
+        await jobs.list_jobs(runtime, principal, status=status, limit=limit, offset=offset)
+    )
 
 
 @router.get("/history", response_model=JobList)
@@ -45,27 +50,27 @@ async def job_history(
     end: Annotated[dt.date, Query(alias="to")],
     limit: Limit = 20,
     offset: Offset = 0,
-) -> JobList:
+) -> JSONDocument:
     """Jobs created between two UTC dates (YYYY-MM-DD), both inclusive."""
-    return await jobs.history(runtime, principal, start, end, limit, offset)
+    return JSONDocument(await jobs.history(runtime, principal, start, end, limit, offset))
 
 
 @router.get("/{job_id}", response_model=Job)
-async def get_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> Job:
+async def get_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> JSONDocument:
     """One job."""
-    return await jobs.get(runtime, principal, job_id)
+    return JSONDocument(await jobs.get(runtime, principal, job_id))
 
 
 @router.delete("/{job_id}", response_model=Job)
-async def delete_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> Job:
+async def delete_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> JSONDocument:
     """Cancel a job (409 once it is completed, failed or cancelled)."""
-    return await jobs.cancel(runtime, principal, job_id)
+    return JSONDocument(await jobs.cancel(runtime, principal, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=Job)
-async def cancel_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> Job:
+async def cancel_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> JSONDocument:
     """Cancel a job (409 once it is completed, failed or cancelled)."""
-    return await jobs.cancel(runtime, principal, job_id)
+    return JSONDocument(await jobs.cancel(runtime, principal, job_id))
 
 
 @router.get(
@@ -75,20 +80,12 @@ async def cancel_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId
 async def download_result(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> Response:
     """The result as a file, in the job's ``output_config.format`` (json or text)."""
     job = await jobs.download(runtime, principal, job_id)
-    if job.output_config.format == "text":
+    if job["output_config"]["format"] == "text":
         return PlainTextResponse(
-            job.result or "",
-            headers={"Content-Disposition": f'attachment; filename="{job.job_id}.txt"'},
+            job["result"] or "",
+            headers={"Content-Disposition": f'attachment; filename="{job_id}.txt"'},
         )
-    body = {
-        "job_id": job.job_id,
-        "model": job.model,
-        "result": job.result,
-        "usage": job.usage.model_dump() if job.usage else None,
-        "completed_at": job.completed_at.isoformat().replace("+00:00", "Z")
-        if job.completed_at
-        else None,
-    }
-    return JSONResponse(
-        body, headers={"Content-Disposition": f'attachment; filename="{job.job_id}.json"'}
+    body = {key: job[key] for key in ("job_id", "model", "result", "usage", "completed_at")}
+    return JSONDocument(
+        body, headers={"Content-Disposition": f'attachment; filename="{job_id}.json"'}
     )

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from aitbc.api.deps import JobId, OptionalPrincipalDep, PrincipalDep, RuntimeDep
+from aitbc.api.responses import JSONDocument
 from aitbc.errors import PermissionDenied
 from aitbc.schemas import (
     MINER_ID_PATTERN,
@@ -71,13 +72,13 @@ async def available_job(
     principal: PrincipalDep,
     miner_id: Annotated[str, Query(pattern=MINER_ID_PATTERN)],
     wait: Annotated[float, Query(ge=0, le=300, description="long-poll seconds")] = 0,
-) -> Job | Response | None:
+) -> Response:
     """The next job this miner can run (priority, then age), or null after ``wait`` s."""
     # Under load a job is usually ready: answer straight away, without the
     # bookkeeping a long poll needs.
     ready = await jobs.next_for_miner(runtime, principal, miner_id, 0)
     if ready is not None or wait <= 0:
-        return ready
+        return JSONDocument(ready)
     poll = asyncio.ensure_future(jobs.next_for_miner(runtime, principal, miner_id, wait))
     # A miner that hangs up mid-poll must not be handed a job nobody will read:
     # cancelling the poll withdraws it from the dispatcher (and releases any offer).
@@ -91,7 +92,7 @@ async def available_job(
         with contextlib.suppress(asyncio.CancelledError):
             await poll
         return Response(status_code=499)
-    return poll.result()
+    return JSONDocument(poll.result())
 
 
 async def _disconnected(request: Request) -> None:
@@ -103,9 +104,9 @@ async def _disconnected(request: Request) -> None:
 @router.post("/v1/jobs/{job_id}/claim", response_model=Job)
 async def claim_job(
     runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId, body: ClaimRequest
-) -> Job:
+) -> JSONDocument:
     """Take a pending job with a lease; 409 if another miner got it first."""
-    return await jobs.claim(runtime, principal, job_id, body.miner_id)
+    return JSONDocument(await jobs.claim(runtime, principal, job_id, body.miner_id))
 
 
 @router.post("/v1/jobs/{job_id}/progress", response_model=ProgressAck)
@@ -119,14 +120,14 @@ async def report_progress(
 @router.post("/v1/jobs/{job_id}/fail", response_model=Job)
 async def report_failure(
     runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId, body: FailureReport
-) -> Job:
+) -> JSONDocument:
     """Give up on a job; retryable failures put it back in the queue while attempts remain."""
-    return await jobs.report_failure(runtime, principal, job_id, body)
+    return JSONDocument(await jobs.report_failure(runtime, principal, job_id, body))
 
 
 @router.post("/v1/jobs/{job_id}/complete", response_model=Job)
 async def complete_job(
     runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId, body: JobResult
-) -> Job:
+) -> JSONDocument:
     """Deliver the result of a job this miner holds; the same result again is a no-op."""
-    return await jobs.complete(runtime, principal, job_id, body)
+    return JSONDocument(await jobs.complete(runtime, principal, job_id, body))
