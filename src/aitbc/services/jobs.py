@@ -299,19 +299,16 @@ def _take_next_pending(
     """The first pending job ``hardware`` may run that no other poll was just offered,
     marked as offered to this one."""
     while True:
-        # Enough ids that one is not on offer elsewhere, unless the queue has no more.
+        # Enough jobs that one is not on offer elsewhere, unless the queue has no more.
         limit = len(dispatcher.offered_ids()) + 1
-        ids = job_queries.next_job_ids(connection, hardware, limit)
+        rows = job_queries.next_jobs(connection, hardware, limit)
         # Nothing is awaited between reading the offers and marking one: atomic.
         offered = dispatcher.offered_ids()
-        chosen = next((job_id for job_id in ids if job_id not in offered), None)
+        chosen = next((row for row in rows if row.id not in offered), None)
         if chosen is not None:
-            dispatcher.mark_offered(chosen)
-            row = job_queries.get_job(connection, chosen)
-            if row is not None:
-                return row
-            dispatcher.release(chosen)
-        elif len(ids) < limit:
+            dispatcher.mark_offered(chosen.id)
+            return chosen
+        if len(rows) < limit:
             return None
 
 

@@ -69,20 +69,20 @@ def dispatch_filter(hardware: MinerHardware) -> ColumnElement[bool]:
 
 
 @lru_cache(maxsize=HARDWARE_CACHE_SIZE)
-def _next_job_ids_statement(hardware: MinerHardware) -> Select[Any]:
+def _next_jobs_statement(hardware: MinerHardware) -> Select[Any]:
     return (
-        select(C.id)
+        select(JOBS)
         .where(dispatch_filter(hardware))
         .order_by(C.priority.desc(), C.created_at, C.id)
         .limit(bindparam("limit"))
     )
 
 
-def next_job_ids(connection: Connection, hardware: MinerHardware, limit: int) -> list[str]:
-    """Ids of up to ``limit`` pending jobs ``hardware`` may run, in dispatch order:
-    highest priority, then oldest. Read off the dispatch index, without the rows."""
-    result = connection.execute(_next_job_ids_statement(hardware), {"limit": limit})
-    return list(result.scalars().all())
+def next_jobs(connection: Connection, hardware: MinerHardware, limit: int) -> list[JobRecord]:
+    """Up to ``limit`` pending jobs ``hardware`` may run, in dispatch order: highest
+    priority, then oldest."""
+    result = connection.execute(_next_jobs_statement(hardware), {"limit": limit})
+    return list(result.all())
 
 
 @lru_cache(maxsize=HARDWARE_CACHE_SIZE)
