@@ -27,7 +27,8 @@ def build_runtime(settings: Settings, clock: Clock = utc_now) -> Runtime:
     """Engine, sessions and in-memory state for ``settings`` (no I/O yet)."""
     url = settings.resolved_database_url()
     if db.is_sqlite(url):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Private: it holds the database (results, key hashes) and the admin key.
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = db.create_engine(url)
     return Runtime(
         settings=settings, engine=engine, sessions=db.create_sessionmaker(engine), clock=clock
