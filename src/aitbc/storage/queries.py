@@ -4,7 +4,7 @@ commit: the calling service does. Job lifecycle statements are in ``job_queries`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,8 +17,6 @@ UTC_MIDNIGHT = time(0, 0)
 
 def day_range(start: date, end: date) -> tuple[datetime, datetime]:
     """[start 00:00 UTC, day after end 00:00 UTC): ``end`` is inclusive."""
-    from datetime import UTC
-
     upper = (
         datetime.max.replace(tzinfo=UTC)
         if end == date.max
