@@ -9,7 +9,7 @@ import time
 import pytest
 
 from aitbc.domain.jobs import MinerHardware, Requirements
-from aitbc.services.dispatch import OFFER_SECONDS, Dispatcher, Offer
+from aitbc.services.dispatch import CLAIMED_SECONDS, OFFER_SECONDS, Dispatcher, Offer
 
 SMOL = "smollm2-135m"
 CPU = MinerHardware(models=frozenset({SMOL}))
@@ -278,3 +278,28 @@ async def test_offer_published_as_the_wait_times_out_is_not_lost(
     result = await finish(waiter)
     # Either the miner got the job, or the job is free for the next poll.
     assert result is not None or "j1" not in dispatcher.offered_ids()
+
+
+def test_claimed_forgets_the_offer_and_hides_the_job_for_a_while(
+    dispatcher: Dispatcher[str], clock: FakeMonotonic
+) -> None:
+    dispatcher.mark_offered("j1")
+    dispatcher.claimed("j1")
+    assert "j1" not in dispatcher.offered_ids()
+    assert dispatcher.recently_claimed("j1")
+    assert not dispatcher.recently_claimed("j2")
+    clock.advance(CLAIMED_SECONDS)
+    assert not dispatcher.recently_claimed("j1")
+
+
+def test_claimed_entries_expire_oldest_first(
+    dispatcher: Dispatcher[str], clock: FakeMonotonic
+) -> None:
+    dispatcher.claimed("old")
+    clock.advance(CLAIMED_SECONDS / 2)
+    dispatcher.claimed("new")
+    clock.advance(CLAIMED_SECONDS / 2)
+    dispatcher.claimed("newest")  # purges "old", whose time is up
+    assert not dispatcher.recently_claimed("old")
+    assert dispatcher.recently_claimed("new")
+    assert dispatcher.recently_claimed("newest")

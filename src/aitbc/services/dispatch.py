@@ -23,6 +23,9 @@ from typing import Generic, TypeVar
 from aitbc.domain.jobs import MinerHardware, Requirements, can_run
 
 OFFER_SECONDS = 5.0
+# How long a claimed job stays hidden from polls whose database read began before
+# the claim committed (possible where reads yield to other requests: PostgreSQL).
+CLAIMED_SECONDS = 2.0
 RECHECK_SECONDS = 1.0
 
 T = TypeVar("T")
@@ -51,6 +54,8 @@ class Dispatcher(Generic[T]):
         self._monotonic = monotonic
         self._waiters: list[_Waiter[T]] = []
         self._offered: dict[str, float] = {}
+        # Insertion order is expiry order, so expired entries are popped from the front.
+        self._claimed: dict[str, float] = {}
         self.generation = 0
 
     @property
@@ -71,8 +76,25 @@ class Dispatcher(Generic[T]):
         self._offered[job_id] = self._monotonic() + OFFER_SECONDS
 
     def release(self, job_id: str) -> None:
-        """The job was claimed or left the queue: forget its offer."""
+        """The job left the queue (cancelled, timed out): forget its offer."""
         self._offered.pop(job_id, None)
+
+    def claimed(self, job_id: str) -> None:
+        """The job was claimed: forget its offer, and hide it from polls that read
+        the queue before the claim committed, for ``CLAIMED_SECONDS``."""
+        self._offered.pop(job_id, None)
+        now = self._monotonic()
+        while self._claimed:
+            oldest = next(iter(self._claimed))
+            if self._claimed[oldest] > now:
+                break
+            del self._claimed[oldest]
+        self._claimed[job_id] = now + CLAIMED_SECONDS
+
+    def recently_claimed(self, job_id: str) -> bool:
+        """Whether ``job_id`` was claimed in the last ``CLAIMED_SECONDS``."""
+        until = self._claimed.get(job_id)
+        return until is not None and until > self._monotonic()
 
     def publish(self, offer: Offer[T]) -> bool:
         """A job became pending: give it to the first waiting miner able to run it."""

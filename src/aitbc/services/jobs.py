@@ -304,7 +304,14 @@ def _take_next_pending(
         rows = job_queries.next_jobs(connection, hardware, limit)
         # Nothing is awaited between reading the offers and marking one: atomic.
         offered = dispatcher.offered_ids()
-        chosen = next((row for row in rows if row.id not in offered), None)
+        chosen = next(
+            (
+                row
+                for row in rows
+                if row.id not in offered and not dispatcher.recently_claimed(row.id)
+            ),
+            None,
+        )
         if chosen is not None:
             dispatcher.mark_offered(chosen.id)
             return chosen
@@ -326,7 +333,7 @@ async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: s
         return row
 
     row = await transaction(runtime.engine, work)
-    runtime.dispatcher.release(job_id)
+    runtime.dispatcher.claimed(job_id)
     return job_document(row)
 
 
