@@ -57,7 +57,8 @@ class Runtime:
     new_id: IdFactory = random_id
     # Pending jobs handed to long-polling miners, as the Job document they receive.
     dispatcher: Dispatcher[dict[str, Any]] = field(default_factory=Dispatcher)
-    # SHA-256 of key -> principal; filled on first use, dropped on revocation.
+    # SHA-256 of key -> principal, filled on first use. Keys cannot be revoked yet;
+    # whatever revokes one must drop its entry here.
     key_cache: dict[str, Principal] = field(default_factory=dict)
     # miner id -> what it serves; miners change it only by registering again.
     hardware_cache: dict[str, MinerHardware] = field(default_factory=dict)

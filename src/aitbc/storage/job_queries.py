@@ -41,8 +41,6 @@ C = JOBS.c
 JobRecord = Row[Any]
 HARDWARE_CACHE_SIZE = 1024
 
-__all__ = ["JOBS", "JobRecord"]
-
 
 def _like_literal(column: ColumnElement[Any]) -> ColumnElement[str]:
     """``column`` with LIKE's wildcards escaped (escape character "/")."""
@@ -235,11 +233,6 @@ def transition(
     )
     record: JobRecord | None = result.first()
     return record
-
-
-def jobs_query(*conditions: ColumnElement[bool]) -> Select[Any]:
-    """All columns of the jobs matching ``conditions``."""
-    return select(JOBS).where(*conditions)
 
 
 def fetch_page(
