@@ -12,6 +12,7 @@ from aitbc.services.auth import require_role
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.services.views import miner_view
 from aitbc.storage import queries
+from aitbc.storage.job_queries import status_is
 from aitbc.storage.models import Job
 from aitbc.storage.models import Miner as MinerRow
 
@@ -39,7 +40,7 @@ async def stats(runtime: Runtime, principal: Principal) -> AdminStats:
         completed_last_minute = (
             await session.execute(
                 select(func.count(Job.id)).where(
-                    Job.status == JobStatus.COMPLETED.value,
+                    status_is(JobStatus.COMPLETED),
                     Job.completed_at >= now - timedelta(minutes=1),
                 )
             )

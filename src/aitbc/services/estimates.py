@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from aitbc.domain.jobs import JobStatus, MinerHardware, Requirements, can_run
 from aitbc.domain.pricing import ModelSpeed
 from aitbc.storage import queries
+from aitbc.storage.job_queries import status_is
 from aitbc.storage.models import Job
 
 REFRESH_SECONDS = 5.0
@@ -69,7 +70,7 @@ class EstimateCache:
                 Job.model, Job.completion_tokens, Job.created_at, Job.started_at, Job.completed_at
             )
             .where(
-                Job.status == JobStatus.COMPLETED.value,
+                status_is(JobStatus.COMPLETED),
                 Job.completed_at >= now - self.speeds_window,
                 Job.completion_tokens.is_not(None),
             )

@@ -28,6 +28,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     update,
@@ -42,6 +43,14 @@ JobRecord = Row[Any]
 HARDWARE_CACHE_SIZE = 1024
 
 
+def status_is(*statuses: JobStatus) -> ColumnElement[bool]:
+    """``status = 'x'`` or ``status IN ('x', 'y')`` with the values written into the
+    SQL, as the partial indexes' conditions are: with bound parameters the planners
+    could not tell that an index applies."""
+    values: list[ColumnElement[Any]] = [literal_column(f"'{status.value}'") for status in statuses]
+    return C.status == values[0] if len(values) == 1 else C.status.in_(values)
+
+
 def _like_literal(column: ColumnElement[Any]) -> ColumnElement[str]:
     """``column`` with LIKE's wildcards escaped (escape character "/")."""
     escaped = func.replace(column, "/", "//")
@@ -53,7 +62,7 @@ def dispatch_filter(hardware: MinerHardware) -> ColumnElement[bool]:
     """SQL condition: pending jobs ``hardware`` may run (mirrors ``domain.jobs.can_run``)."""
     gpu_name = (hardware.gpu_name or "").lower()
     return and_(
-        C.status == JobStatus.PENDING.value,
+        status_is(JobStatus.PENDING),
         # One bound parameter per model (not an "expanding" IN list, which makes
         # SQLAlchemy re-render the statement on every execution).
         C.model.in_([literal(model) for model in sorted(hardware.models)]),
@@ -256,7 +265,7 @@ def renew_leases(connection: Connection, miner_id: str, lease_until: datetime) -
     """Extend the leases of all of ``miner_id``'s running jobs."""
     connection.execute(
         update(JOBS)
-        .where(C.miner_id == miner_id, C.status == JobStatus.RUNNING.value)
+        .where(C.miner_id == miner_id, status_is(JobStatus.RUNNING))
         .values(lease_expires_at=lease_until)
     )
 
@@ -270,12 +279,12 @@ def statuses(connection: Connection, job_ids: Collection[str]) -> dict[str, tupl
 def overdue(connection: Connection, now: datetime) -> Sequence[JobRecord]:
     """Unfinished jobs past their deadline."""
     query = select(JOBS).where(
-        C.status.in_([JobStatus.PENDING.value, JobStatus.RUNNING.value]), C.deadline_at <= now
+        status_is(JobStatus.PENDING, JobStatus.RUNNING), C.deadline_at <= now
     )
     return (connection.execute(query)).all()
 
 
 def lapsed(connection: Connection, now: datetime) -> Sequence[JobRecord]:
     """Running jobs whose lease has run out."""
-    query = select(JOBS).where(C.status == JobStatus.RUNNING.value, C.lease_expires_at <= now)
+    query = select(JOBS).where(status_is(JobStatus.RUNNING), C.lease_expires_at <= now)
     return (connection.execute(query)).all()

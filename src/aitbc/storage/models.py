@@ -111,6 +111,11 @@ class StoredFile(Base):
     created_at: Mapped[datetime]
 
 
+def _partial(name: str, condition: str, *columns: Any) -> Index:
+    """An index over the rows matching ``condition`` (SQLite and PostgreSQL)."""
+    return Index(name, *columns, sqlite_where=text(condition), postgresql_where=text(condition))
+
+
 class Job(Base):
     """One AI job and everything that happened to it."""
 
@@ -147,13 +152,20 @@ class Job(Base):
     estimated_cost_micro: Mapped[int | None] = mapped_column(BigInteger)
     estimated_time_seconds: Mapped[float | None] = mapped_column(Float)
 
+    # Partial indexes hold only the jobs a query looks for: the queue stays a small
+    # index however many finished jobs the table keeps, and a state change touches
+    # few indexes. Queries must spell the same condition with literal values
+    # (job_queries.status_is) for the planner to use them.
     __table_args__ = (
-        # Matches the dispatch order (priority DESC, created_at, id) so the next job
-        # is read off the index without sorting the queue.
-        Index("ix_jobs_dispatch", "status", text("priority DESC"), "created_at", "id"),
+        # In dispatch order (priority DESC, created_at, id): the next job is read
+        # off the index without sorting the queue.
+        _partial(
+            "ix_jobs_dispatch", "status = 'pending'", text("priority DESC"), "created_at", "id"
+        ),
+        _partial("ix_jobs_lease", "status = 'running'", "lease_expires_at"),
+        _partial("ix_jobs_miner_running", "status = 'running'", "miner_id"),
+        _partial("ix_jobs_deadline", "status IN ('pending', 'running')", "deadline_at"),
+        _partial("ix_jobs_completed", "status = 'completed'", "completed_at"),
         Index("ix_jobs_client_created", "client_id", "created_at"),
-        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
-        Index("ix_jobs_status_deadline", "status", "deadline_at"),
-        Index("ix_jobs_miner_status", "miner_id", "status"),
-        Index("ix_jobs_status_completed", "status", "completed_at"),
+        Index("ix_jobs_created", "created_at"),
     )

@@ -7,6 +7,8 @@ Create Date: 2026-11-24 02:35:48.547743
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -109,30 +111,39 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
     )
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.create_index("ix_jobs_client_created", ["client_id", "created_at"], unique=False)
-        batch_op.create_index(
-            "ix_jobs_dispatch",
-            ["status", sa.text("priority DESC"), "created_at", "id"],
-            unique=False,
+    # Partial indexes hold only the jobs each query looks for (see models.Job).
+    partial: list[tuple[str, list[Any], str]] = [
+        ("ix_jobs_dispatch", [sa.text("priority DESC"), "created_at", "id"], "status = 'pending'"),
+        ("ix_jobs_lease", ["lease_expires_at"], "status = 'running'"),
+        ("ix_jobs_miner_running", ["miner_id"], "status = 'running'"),
+        ("ix_jobs_deadline", ["deadline_at"], "status IN ('pending', 'running')"),
+        ("ix_jobs_completed", ["completed_at"], "status = 'completed'"),
+    ]
+    for name, columns, condition in partial:
+        op.create_index(
+            name,
+            "jobs",
+            columns,
+            sqlite_where=sa.text(condition),
+            postgresql_where=sa.text(condition),
         )
-        batch_op.create_index("ix_jobs_miner_status", ["miner_id", "status"], unique=False)
-        batch_op.create_index("ix_jobs_status_completed", ["status", "completed_at"], unique=False)
-        batch_op.create_index("ix_jobs_status_deadline", ["status", "deadline_at"], unique=False)
-        batch_op.create_index("ix_jobs_status_lease", ["status", "lease_expires_at"], unique=False)
+    op.create_index("ix_jobs_client_created", "jobs", ["client_id", "created_at"])
+    op.create_index("ix_jobs_created", "jobs", ["created_at"])
 
 
 def downgrade() -> None:
     """Revert this revision."""
 
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_index("ix_jobs_status_lease")
-        batch_op.drop_index("ix_jobs_status_deadline")
-        batch_op.drop_index("ix_jobs_status_completed")
-        batch_op.drop_index("ix_jobs_miner_status")
-        batch_op.drop_index("ix_jobs_dispatch")
-        batch_op.drop_index("ix_jobs_client_created")
-
+    for name in (
+        "ix_jobs_created",
+        "ix_jobs_client_created",
+        "ix_jobs_completed",
+        "ix_jobs_deadline",
+        "ix_jobs_miner_running",
+        "ix_jobs_lease",
+        "ix_jobs_dispatch",
+    ):
+        op.drop_index(name, table_name="jobs")
     op.drop_table("jobs")
     with op.batch_alter_table("files", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_files_client_id"))

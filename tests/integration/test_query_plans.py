@@ -1,0 +1,57 @@
+"""The lifecycle's queries use the partial indexes made for them (SQLite's planner).
+
+A query that spells its state condition differently from an index's condition (a
+bound parameter instead of the literal, say) silently falls back to scanning and
+sorting every job ever run; these checks catch that.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, select, text, update
+
+from aitbc.domain.jobs import JobStatus, MinerHardware
+from aitbc.storage import db, job_queries
+from aitbc.storage.job_queries import JOBS, status_is
+from tests.conftest import Coordinator
+
+C = JOBS.c
+NOW = datetime(2026, 2, 13, tzinfo=UTC)
+HARDWARE = MinerHardware(
+    models=frozenset({"a", "b"}), gpu_name="NVIDIA A100", gpu_memory_gb=80, gpu_count=1
+)
+QUERIES: dict[str, tuple[Any, str]] = {
+    "dispatch": (job_queries._next_jobs_statement(HARDWARE), "ix_jobs_dispatch"),
+    "timeouts": (
+        select(JOBS).where(status_is(JobStatus.PENDING, JobStatus.RUNNING), C.deadline_at <= NOW),
+        "ix_jobs_deadline",
+    ),
+    "lapsed leases": (
+        select(JOBS).where(status_is(JobStatus.RUNNING), C.lease_expires_at <= NOW),
+        "ix_jobs_lease",
+    ),
+    "lease renewal": (
+        update(JOBS)
+        .where(C.miner_id == "m", status_is(JobStatus.RUNNING))
+        .values(lease_expires_at=NOW),
+        "ix_jobs_miner_running",
+    ),
+}
+
+
+def _plan(connection: Connection, statement: Any) -> str:
+    sql = str(statement.compile(connection, compile_kwargs={"literal_binds": True}))
+    rows = connection.execute(text("EXPLAIN QUERY PLAN " + sql)).all()
+    return " | ".join(str(row[-1]) for row in rows)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("name", sorted(QUERIES))
+async def test_query_uses_its_partial_index(coordinator: Coordinator, name: str) -> None:
+    statement, index = QUERIES[name]
+    plan = await db.read(coordinator.runtime.engine, _plan, statement)
+    assert index in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
