@@ -241,3 +241,20 @@ async def test_a_cancelled_pending_job_is_never_offered(coordinator: Coordinator
     assert await poll(coordinator, "m1", m1) is None
     assert_error(await coordinator.claim(job_id, "m1", m1), 409)
     assert_error(await complete(coordinator, job_id, "m1", m1), 409)
+
+
+async def test_a_backlog_of_timeouts_is_worked_off_in_batches(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aitbc.services import jobs as job_service
+    from aitbc.services.sweeper import sweep_once
+
+    monkeypatch.setattr(job_service, "SWEEP_BATCH", 2)
+    _client_id, client = await coordinator.new_client()
+    submitted = [(await coordinator.submit(client, timeout_seconds=5))["job_id"] for _ in range(5)]
+    coordinator.clock.advance(6)
+    swept = [(await sweep_once(coordinator.runtime))["timed_out"] for _ in range(4)]
+    assert swept == [2, 2, 1, 0]
+    for job_id in submitted:
+        job = (await coordinator.http.get(f"/v1/jobs/{job_id}", headers=client)).json()
+        assert (job["status"], job["error_code"]) == ("failed", "timeout")

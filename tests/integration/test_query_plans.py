@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import Connection, text
 
-from aitbc.domain.jobs import JobStatus, MinerHardware
+from aitbc.domain.jobs import MinerHardware
 from aitbc.storage import db, job_queries
-from aitbc.storage.job_queries import JOBS, status_is
+from aitbc.storage.job_queries import JOBS
 from tests.conftest import Coordinator
 
 C = JOBS.c
@@ -24,21 +24,10 @@ HARDWARE = MinerHardware(
     models=frozenset({"a", "b"}), gpu_name="NVIDIA A100", gpu_memory_gb=80, gpu_count=1
 )
 QUERIES: dict[str, tuple[Any, str]] = {
-    "dispatch": (job_queries._next_jobs_statement(HARDWARE), "ix_jobs_dispatch"),
-    "timeouts": (
-        select(JOBS).where(status_is(JobStatus.PENDING, JobStatus.RUNNING), C.deadline_at <= NOW),
-        "ix_jobs_deadline",
-    ),
-    "lapsed leases": (
-        select(JOBS).where(status_is(JobStatus.RUNNING), C.lease_expires_at <= NOW),
-        "ix_jobs_lease",
-    ),
-    "lease renewal": (
-        update(JOBS)
-        .where(C.miner_id == "m", status_is(JobStatus.RUNNING))
-        .values(lease_expires_at=NOW),
-        "ix_jobs_miner_running",
-    ),
+    "dispatch": (job_queries.next_jobs_statement(HARDWARE), "ix_jobs_dispatch"),
+    "timeouts": (job_queries.overdue_statement(NOW, 500), "ix_jobs_deadline"),
+    "lapsed leases": (job_queries.lapsed_statement(NOW, 500), "ix_jobs_lease"),
+    "lease renewal": (job_queries.renew_leases_statement("m", NOW), "ix_jobs_miner_running"),
 }
 
 

@@ -50,6 +50,9 @@ from aitbc.storage.models import StoredFile
 C = job_queries.JOBS.c
 TIMEOUT_ERROR_CODE = "timeout"
 LEASE_LAPSED_ERROR_CODE = "lease_expired"
+# Jobs one sweep changes at most: a sweep is one transaction, and on SQLite it runs
+# on the event loop, so a huge backlog is worked off over several sweeps instead.
+SWEEP_BATCH = 500
 
 
 def _requirements(row: JobRecord) -> Requirements:
@@ -522,11 +525,11 @@ async def sweep(runtime: Runtime) -> dict[str, int]:
         timed_out: list[str] = []
         requeued: list[JobRecord] = []
         failed = 0
-        for row in job_queries.overdue(connection, now):
+        for row in job_queries.overdue(connection, now, SWEEP_BATCH):
             values = _timeout_values(row, now)
             if job_queries.transition(connection, row.id, JobStatus(row.status), values):
                 timed_out.append(row.id)
-        for row in job_queries.lapsed(connection, now):
+        for row in job_queries.lapsed(connection, now, SWEEP_BATCH):
             target = status_after_lost_attempt(row.attempts, max_attempts)
             error = (
                 f"miner {row.miner_id} stopped renewing its lease"

@@ -76,7 +76,7 @@ def dispatch_filter(hardware: MinerHardware) -> ColumnElement[bool]:
 
 
 @lru_cache(maxsize=HARDWARE_CACHE_SIZE)
-def _next_jobs_statement(hardware: MinerHardware) -> Select[Any]:
+def next_jobs_statement(hardware: MinerHardware) -> Select[Any]:
     return (
         select(JOBS)
         .where(dispatch_filter(hardware))
@@ -88,7 +88,7 @@ def _next_jobs_statement(hardware: MinerHardware) -> Select[Any]:
 def next_jobs(connection: Connection, hardware: MinerHardware, limit: int) -> list[JobRecord]:
     """Up to ``limit`` pending jobs ``hardware`` may run, in dispatch order: highest
     priority, then oldest."""
-    result = connection.execute(_next_jobs_statement(hardware), {"limit": limit})
+    result = connection.execute(next_jobs_statement(hardware), {"limit": limit})
     return list(result.all())
 
 
@@ -262,12 +262,8 @@ def fetch_page(
 
 
 def renew_leases(connection: Connection, miner_id: str, lease_until: datetime) -> None:
-    """Extend the leases of all of ``miner_id``'s running jobs."""
-    connection.execute(
-        update(JOBS)
-        .where(C.miner_id == miner_id, status_is(JobStatus.RUNNING))
-        .values(lease_expires_at=lease_until)
-    )
+    """See :func:`renew_leases_statement`."""
+    connection.execute(renew_leases_statement(miner_id, lease_until))
 
 
 def statuses(connection: Connection, job_ids: Collection[str]) -> dict[str, tuple[str, str | None]]:
@@ -276,15 +272,40 @@ def statuses(connection: Connection, job_ids: Collection[str]) -> dict[str, tupl
     return {row.id: (row.status, row.miner_id) for row in rows}
 
 
-def overdue(connection: Connection, now: datetime) -> Sequence[JobRecord]:
-    """Unfinished jobs past their deadline."""
-    query = select(JOBS).where(
-        status_is(JobStatus.PENDING, JobStatus.RUNNING), C.deadline_at <= now
+def overdue_statement(now: datetime, limit: int) -> Select[Any]:
+    """Up to ``limit`` unfinished jobs past their deadline, earliest first."""
+    return (
+        select(JOBS)
+        .where(status_is(JobStatus.PENDING, JobStatus.RUNNING), C.deadline_at <= now)
+        .order_by(C.deadline_at)
+        .limit(limit)
     )
-    return (connection.execute(query)).all()
 
 
-def lapsed(connection: Connection, now: datetime) -> Sequence[JobRecord]:
-    """Running jobs whose lease has run out."""
-    query = select(JOBS).where(status_is(JobStatus.RUNNING), C.lease_expires_at <= now)
-    return (connection.execute(query)).all()
+def lapsed_statement(now: datetime, limit: int) -> Select[Any]:
+    """Up to ``limit`` running jobs whose lease has run out, longest lapsed first."""
+    return (
+        select(JOBS)
+        .where(status_is(JobStatus.RUNNING), C.lease_expires_at <= now)
+        .order_by(C.lease_expires_at)
+        .limit(limit)
+    )
+
+
+def renew_leases_statement(miner_id: str, lease_until: datetime) -> Update:
+    """Extend the leases of all of ``miner_id``'s running jobs."""
+    return (
+        update(JOBS)
+        .where(C.miner_id == miner_id, status_is(JobStatus.RUNNING))
+        .values(lease_expires_at=lease_until)
+    )
+
+
+def overdue(connection: Connection, now: datetime, limit: int) -> Sequence[JobRecord]:
+    """See :func:`overdue_statement`."""
+    return connection.execute(overdue_statement(now, limit)).all()
+
+
+def lapsed(connection: Connection, now: datetime, limit: int) -> Sequence[JobRecord]:
+    """See :func:`lapsed_statement`."""
+    return connection.execute(lapsed_statement(now, limit)).all()
