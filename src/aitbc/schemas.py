@@ -260,7 +260,12 @@ class Heartbeat(StrictRequest):
 
     status: Literal["online", "busy", "draining"] = "online"
     utilisation: float | None = Field(default=None, ge=0, le=100, description="percent")
-    running_jobs: list[str] = Field(default_factory=list, max_length=1024)
+    running_jobs: list[str] | None = Field(
+        default=None,
+        max_length=1024,
+        description="jobs the miner is running: their leases are renewed, and only theirs; "
+        "omitted, every job the miner holds is renewed",
+    )
 
 
 class HeartbeatAck(BaseModel):

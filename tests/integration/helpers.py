@@ -110,11 +110,12 @@ async def heartbeat(
     running_jobs: list[str] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
+    payload: dict[str, Any] = dict(extra)
+    if running_jobs is not None:  # omitted: "renew every job I hold"
+        payload["running_jobs"] = running_jobs
     body: dict[str, Any] = ok(
         await coordinator.http.post(
-            f"/v1/miners/{miner_id}/heartbeat",
-            json={"running_jobs": running_jobs or [], **extra},
-            headers=headers,
+            f"/v1/miners/{miner_id}/heartbeat", json=payload, headers=headers
         )
     )
     return body

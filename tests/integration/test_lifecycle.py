@@ -258,3 +258,19 @@ async def test_a_backlog_of_timeouts_is_worked_off_in_batches(
     for job_id in submitted:
         job = (await coordinator.http.get(f"/v1/jobs/{job_id}", headers=client)).json()
         assert (job["status"], job["error_code"]) == ("failed", "timeout")
+
+
+async def test_a_job_missing_from_the_heartbeat_list_lapses(coordinator: Coordinator) -> None:
+    """A miner that lists its running jobs renews only those: a job it dropped (after a
+    crash, say) is requeued when its lease runs out, though the miner stays alive."""
+    _client_id, client = await coordinator.new_client()
+    m1 = await coordinator.new_miner("m1")
+    kept = (await running_job(coordinator, client, "m1", m1))["job_id"]
+    dropped = (await running_job(coordinator, client, "m1", m1))["job_id"]
+    for _ in range(2):
+        coordinator.clock.advance(LEASE_SECONDS - 1)
+        await heartbeat(coordinator, "m1", m1, running_jobs=[kept])
+        await sweep(coordinator)
+    assert (await get_job(coordinator, kept, client))["status"] == "running"
+    lost = await get_job(coordinator, dropped, client)
+    assert (lost["status"], lost["error_code"]) == ("pending", "lease_expired")

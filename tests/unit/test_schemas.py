@@ -360,7 +360,7 @@ def test_registration_rejects_unknown_fields() -> None:
 def test_heartbeat_defaults_and_limits() -> None:
     beat = Heartbeat.model_validate({})
     assert beat.status == "online"
-    assert beat.running_jobs == []
+    assert beat.running_jobs is None  # omitted: renew every job the miner holds
     with pytest.raises(ValidationError):
         Heartbeat.model_validate({"status": "sleeping"})
     with pytest.raises(ValidationError):

@@ -260,10 +260,14 @@ async def download(runtime: Runtime, principal: Principal, job_id: str) -> JobDo
 
 
 def _transition(
-    connection: Connection, job_id: str, expected: JobStatus, values: Mapping[str, Any]
+    connection: Connection,
+    job_id: str,
+    expected: JobStatus,
+    values: Mapping[str, Any],
+    *conditions: ColumnElement[bool],
 ) -> JobRecord:
     """Apply ``values`` only if the job is still in ``expected`` state (else 409)."""
-    row = job_queries.transition(connection, job_id, expected, values)
+    row = job_queries.transition(connection, job_id, expected, values, *conditions)
     if row is None:
         raise Conflict("the job changed state meanwhile; try again", error_code="job_changed")
     return row
@@ -410,11 +414,15 @@ async def report_failure(
             if report.retryable
             else JobStatus.FAILED
         )
+        # Only if this attempt still holds the job (it may have been requeued and
+        # claimed by another miner since it was read).
         return _transition(
             connection,
             job_id,
             current,
             _lost_attempt_values(target, now, report.error, "miner_error"),
+            C.miner_id == report.miner_id,
+            C.attempts == row.attempts,
         )
 
     updated = await transaction(runtime.engine, work)
@@ -537,7 +545,17 @@ async def sweep(runtime: Runtime) -> dict[str, int]:
                 else f"lease lapsed on all {row.attempts} attempts"
             )
             values = _lost_attempt_values(target, now, error, LEASE_LAPSED_ERROR_CODE)
-            updated = job_queries.transition(connection, row.id, JobStatus.RUNNING, values)
+            # Only if the lease is still lapsed and held by the same attempt: a
+            # heartbeat or progress report may have renewed it since it was read.
+            updated = job_queries.transition(
+                connection,
+                row.id,
+                JobStatus.RUNNING,
+                values,
+                C.lease_expires_at <= now,
+                C.miner_id == row.miner_id,
+                C.attempts == row.attempts,
+            )
             if updated is None:
                 continue
             if target is JobStatus.PENDING:

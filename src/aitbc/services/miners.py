@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import cast
 
-from sqlalchemy import Connection, Table, update
+from sqlalchemy import Connection, Table
 
 from aitbc.domain.jobs import JobStatus, MinerHardware
 from aitbc.domain.money import to_micro
@@ -13,7 +13,7 @@ from aitbc.errors import Conflict, NotFound, PermissionDenied
 from aitbc.schemas import Heartbeat, HeartbeatAck, MinerCredentials, MinerRegistration
 from aitbc.services.auth import add_key, require_miner
 from aitbc.services.runtime import Principal, Runtime
-from aitbc.storage import job_queries
+from aitbc.storage import job_queries, miner_queries
 from aitbc.storage.db import transaction
 from aitbc.storage.models import Miner
 
@@ -101,34 +101,29 @@ async def heartbeat(
 ) -> HeartbeatAck:
     """Record liveness, renew the leases of the miner's running jobs, report cancellations.
 
-    ``cancelled_jobs`` lists the jobs the miner says it runs that are no longer running
-    for it (cancelled, timed out or given to another miner): it must stop them.
+    A miner that lists ``running_jobs`` renews exactly those leases: a job it dropped
+    (crash, restart) lapses and is requeued. One that sends no list renews all of
+    its jobs. ``cancelled_jobs`` lists the jobs the miner says it runs that are no
+    longer running for it (cancelled, timed out or given to another miner): it must
+    stop them.
     """
     require_miner(principal, miner_id)
     now = runtime.clock()
     lease_until = now + timedelta(seconds=runtime.settings.lease_seconds)
 
+    listed = beat.running_jobs
+
     def work(connection: Connection) -> list[str]:
-        result = connection.execute(
-            update(MINERS)
-            .where(MINERS.c.id == miner_id)
-            .values(
-                last_heartbeat_at=now,
-                status=beat.status,
-                utilisation=beat.utilisation,
-                running_jobs=len(beat.running_jobs),
-            )
-        )
-        if result.rowcount != 1:
+        if not miner_queries.record_heartbeat(
+            connection, miner_id, now, beat.status, beat.utilisation, len(listed or ())
+        ):
             raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
-        job_queries.renew_leases(connection, miner_id, lease_until)
-        if not beat.running_jobs:
+        job_queries.renew_leases(connection, miner_id, lease_until, listed)
+        if not listed:
             return []
-        known = job_queries.statuses(connection, beat.running_jobs)
+        known = job_queries.statuses(connection, listed)
         return [
-            job_id
-            for job_id in beat.running_jobs
-            if known.get(job_id) != (JobStatus.RUNNING.value, miner_id)
+            job_id for job_id in listed if known.get(job_id) != (JobStatus.RUNNING.value, miner_id)
         ]
 
     stopped = await transaction(runtime.engine, work)
@@ -138,10 +133,4 @@ async def heartbeat(
 async def mark_offline(runtime: Runtime) -> int:
     """Mark miners silent for ``miner_offline_after_seconds`` as offline; return how many."""
     cutoff = runtime.clock() - timedelta(seconds=runtime.settings.miner_offline_after_seconds)
-    async with runtime.sessions.begin() as session:
-        result = await session.execute(
-            update(Miner)
-            .where(Miner.status != "offline", Miner.last_heartbeat_at < cutoff)
-            .values(status="offline")
-        )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return await transaction(runtime.engine, miner_queries.mark_silent_offline, cutoff)

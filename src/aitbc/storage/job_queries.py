@@ -106,6 +106,9 @@ def _claim_statement(hardware: MinerHardware) -> Update:
             lease_expires_at=bindparam("lease_until"),
             attempts=C.attempts + 1,
             progress=0,
+            # A new attempt starts clean; an earlier attempt's error no longer applies.
+            error=None,
+            error_code=None,
         )
         .returning(JOBS)
     )
@@ -232,11 +235,13 @@ def transition(
     job_id: str,
     expected: JobStatus,
     values: Mapping[str, Any],
+    *conditions: ColumnElement[bool],
 ) -> JobRecord | None:
-    """Apply ``values`` if the job is still ``expected``; the updated job or None."""
+    """Apply ``values`` if the job is still ``expected`` (and meets ``conditions``,
+    e.g. still held by the same attempt); the updated job or None."""
     result = connection.execute(
         update(JOBS)
-        .where(C.id == job_id, C.status == expected.value)
+        .where(C.id == job_id, C.status == expected.value, *conditions)
         .values(**values)
         .returning(JOBS)
     )
@@ -261,9 +266,16 @@ def fetch_page(
     return rows, int(total)
 
 
-def renew_leases(connection: Connection, miner_id: str, lease_until: datetime) -> None:
+def renew_leases(
+    connection: Connection,
+    miner_id: str,
+    lease_until: datetime,
+    job_ids: Collection[str] | None = None,
+) -> None:
     """See :func:`renew_leases_statement`."""
-    connection.execute(renew_leases_statement(miner_id, lease_until))
+    if job_ids is not None and not job_ids:
+        return
+    connection.execute(renew_leases_statement(miner_id, lease_until, job_ids))
 
 
 def statuses(connection: Connection, job_ids: Collection[str]) -> dict[str, tuple[str, str | None]]:
@@ -292,13 +304,19 @@ def lapsed_statement(now: datetime, limit: int) -> Select[Any]:
     )
 
 
-def renew_leases_statement(miner_id: str, lease_until: datetime) -> Update:
-    """Extend the leases of all of ``miner_id``'s running jobs."""
-    return (
+def renew_leases_statement(
+    miner_id: str, lease_until: datetime, job_ids: Collection[str] | None = None
+) -> Update:
+    """Extend the leases of ``miner_id``'s running jobs: all of them, or only those
+    in ``job_ids`` (the ones the miner says it is still running)."""
+    statement = (
         update(JOBS)
         .where(C.miner_id == miner_id, status_is(JobStatus.RUNNING))
         .values(lease_expires_at=lease_until)
     )
+    if job_ids is not None:
+        statement = statement.where(C.id.in_(list(job_ids)))
+    return statement
 
 
 def overdue(connection: Connection, now: datetime, limit: int) -> Sequence[JobRecord]:

@@ -1,0 +1,46 @@
+"""Miner liveness statements in SQLAlchemy Core, run inside a service's unit of work
+(``aitbc.storage.db.transaction``). They never commit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import Connection, Table, update
+
+from aitbc.storage.models import Miner
+
+MINERS = cast(Table, Miner.__table__)
+OFFLINE = "offline"
+
+
+def record_heartbeat(
+    connection: Connection,
+    miner_id: str,
+    now: datetime,
+    status: str,
+    utilisation: float | None,
+    running_jobs: int,
+) -> bool:
+    """Store a heartbeat; False if the miner does not exist."""
+    result = connection.execute(
+        update(MINERS)
+        .where(MINERS.c.id == miner_id)
+        .values(
+            last_heartbeat_at=now,
+            status=status,
+            utilisation=utilisation,
+            running_jobs=running_jobs,
+        )
+    )
+    return result.rowcount == 1
+
+
+def mark_silent_offline(connection: Connection, cutoff: datetime) -> int:
+    """Mark miners whose last heartbeat is older than ``cutoff`` offline; how many."""
+    result = connection.execute(
+        update(MINERS)
+        .where(MINERS.c.status != OFFLINE, MINERS.c.last_heartbeat_at < cutoff)
+        .values(status=OFFLINE)
+    )
+    return int(result.rowcount)
