@@ -226,3 +226,17 @@ async def test_openapi_documents_the_error_shape(coordinator: Coordinator) -> No
     submit = spec["paths"]["/v1/jobs"]["post"]["responses"]
     assert submit["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
     assert "4XX" in submit
+
+
+async def test_concurrent_registrations_of_one_miner_id_have_one_winner(
+    coordinator: Coordinator, lenient_http: httpx.AsyncClient
+) -> None:
+    payload = {"miner_id": "twin", "capabilities": ["smollm2-135m"]}
+    responses = await asyncio.gather(
+        *(lenient_http.post("/v1/miners/register", json=payload) for _ in range(10))
+    )
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [201] + [409] * 9, [response.text for response in responses]
+    for response in responses:
+        if response.status_code == 409:
+            assert_error(response, 409, "miner_exists")

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Connection, func, insert, select
+from sqlalchemy.exc import OperationalError
 
+from aitbc.errors import ServiceUnavailable
 from aitbc.storage import db
 from aitbc.storage.models import Client
 from tests.conftest import Coordinator
@@ -52,3 +54,16 @@ async def test_concurrent_units_all_commit(coordinator: Coordinator) -> None:
     failed = [result for result in results if isinstance(result, RuntimeError)]
     assert len(failed) == 10
     assert await db.read(engine, _count, "unit-b-") == 40
+
+
+def _database_gone(connection: Connection) -> None:
+    raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+
+async def test_an_unavailable_database_is_a_service_unavailable_error(
+    coordinator: Coordinator,
+) -> None:
+    with pytest.raises(ServiceUnavailable):
+        await db.transaction(coordinator.runtime.engine, _database_gone)
+    with pytest.raises(ServiceUnavailable):
+        await db.read(coordinator.runtime.engine, _database_gone)

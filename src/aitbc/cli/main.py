@@ -81,7 +81,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
     url = settings.resolved_database_url()
     if db.is_sqlite(url):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     async def run() -> str | None:
         engine = db.create_engine(url)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import cast
+import time
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from aitbc.domain.jobs import JobStatus, MinerHardware
 from aitbc.domain.money import to_micro
@@ -17,7 +19,9 @@ from aitbc.storage import job_queries, miner_queries
 from aitbc.storage.db import transaction
 from aitbc.storage.models import Miner
 
-MINERS = cast(Table, Miner.__table__)
+# A re-registration through another coordinator (several can share one PostgreSQL
+# database) reaches this one's cache within this time.
+HARDWARE_CACHE_SECONDS = 5.0
 
 
 def _hardware_of(miner: Miner) -> MinerHardware:
@@ -31,11 +35,10 @@ def _hardware_of(miner: Miner) -> MinerHardware:
 
 async def register(
     runtime: Runtime, principal: Principal | None, registration: MinerRegistration
-) -> tuple[MinerCredentials | None, bool]:
+) -> MinerCredentials | None:
     """Register a new miner (returns its key) or update one with its own key.
 
-    Returns ``(credentials, created)``; credentials are None for an update, since the
-    existing key stays valid and is never shown again.
+    Returns None for an update: the existing key stays valid and is never shown again.
     """
     gpu = registration.gpu_info
     values = {
@@ -47,6 +50,24 @@ async def register(
     }
     now = runtime.clock()
     miner_id = registration.miner_id
+    try:
+        credentials = await _register(runtime, principal, miner_id, values, now)
+    except IntegrityError as exc:  # a concurrent registration of the same id won
+        raise Conflict(
+            f"miner {miner_id} is already registered", error_code="miner_exists"
+        ) from exc
+    runtime.hardware_cache.pop(miner_id, None)
+    runtime.estimates.invalidate()
+    return credentials
+
+
+async def _register(
+    runtime: Runtime,
+    principal: Principal | None,
+    miner_id: str,
+    values: dict[str, Any],
+    now: datetime,
+) -> MinerCredentials | None:
     async with runtime.sessions.begin() as session:
         existing = await session.get(Miner, miner_id)
         if existing is not None:
@@ -78,21 +99,21 @@ async def register(
             credentials = MinerCredentials(
                 miner_id=miner_id, api_key=add_key(session, runtime, "miner", miner_id)
             )
-    runtime.hardware_cache.pop(miner_id, None)
-    runtime.estimates.invalidate()
-    return credentials, existing is None
+    return credentials
 
 
 async def hardware(runtime: Runtime, miner_id: str) -> MinerHardware:
     """What ``miner_id`` serves, from the cache or the database."""
+    now = time.monotonic()
     cached = runtime.hardware_cache.get(miner_id)
-    if cached is not None:
-        return cached
+    if cached is not None and now - cached[1] < HARDWARE_CACHE_SECONDS:
+        return cached[0]
     async with runtime.sessions() as session:
         miner = await session.get(Miner, miner_id)
     if miner is None:
         raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
-    result = runtime.hardware_cache[miner_id] = _hardware_of(miner)
+    result = _hardware_of(miner)
+    runtime.hardware_cache[miner_id] = (result, now)
     return result
 
 

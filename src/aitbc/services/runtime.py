@@ -60,6 +60,6 @@ class Runtime:
     # SHA-256 of key -> principal, filled on first use. Keys cannot be revoked yet;
     # whatever revokes one must drop its entry here.
     key_cache: dict[str, Principal] = field(default_factory=dict)
-    # miner id -> what it serves; miners change it only by registering again.
-    hardware_cache: dict[str, MinerHardware] = field(default_factory=dict)
+    # miner id -> (what it serves, monotonic time read); refreshed after a few seconds.
+    hardware_cache: dict[str, tuple[MinerHardware, float]] = field(default_factory=dict)
     estimates: EstimateCache = field(default_factory=EstimateCache)

@@ -6,12 +6,14 @@ from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, event, make_url
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 # The greenlet bridge behind AsyncConnection.run_sync / AsyncSession.run_sync.
 from sqlalchemy.util.concurrency import greenlet_spawn
 
+from aitbc.errors import ServiceUnavailable
 from aitbc.storage.inline_sqlite import inline_creator
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -86,7 +88,7 @@ async def transaction(
         with engine.sync_engine.begin() as connection:
             return work(connection, *args, **kwargs)
 
-    return await greenlet_spawn(unit)
+    return await _run(unit)
 
 
 async def read(
@@ -101,4 +103,14 @@ async def read(
         with engine.sync_engine.connect() as connection:
             return work(connection, *args, **kwargs)
 
-    return await greenlet_spawn(unit)
+    return await _run(unit)
+
+
+async def _run(unit: Callable[[], T]) -> T:
+    """Run a unit of work; an unreachable or locked database is a ServiceUnavailable."""
+    try:
+        return await greenlet_spawn(unit)
+    except (OperationalError, DisconnectionError) as exc:
+        raise ServiceUnavailable(
+            "the database is unavailable right now; try again", error_code="database_unavailable"
+        ) from exc

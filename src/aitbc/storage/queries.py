@@ -42,11 +42,12 @@ async def completed_counts_by_miner(session: AsyncSession) -> dict[str, int]:
 
 
 async def online_miners(session: AsyncSession, seen_since: datetime) -> Sequence[Miner]:
-    """Miners that heartbeated (or registered) since ``seen_since`` and are not draining."""
+    """Miners that heartbeated (or registered) since ``seen_since`` and take work
+    (online or busy; not draining or offline)."""
     return (
         await session.scalars(
             select(Miner).where(
-                Miner.status != "offline",
+                Miner.status.in_(("online", "busy")),
                 or_(
                     Miner.last_heartbeat_at >= seen_since,
                     and_(Miner.last_heartbeat_at.is_(None), Miner.registered_at >= seen_since),

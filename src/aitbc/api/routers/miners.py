@@ -39,7 +39,6 @@ async def register_miner(
     runtime: RuntimeDep,
     principal: OptionalPrincipalDep,
     body: MinerRegistration,
-    response: Response,
 ) -> MinerCredentials | Response:
     """Register a miner; the API key in the answer is shown only this once.
 
@@ -51,7 +50,7 @@ async def register_miner(
         raise PermissionDenied(
             "miner self-registration is turned off", error_code="registration_closed"
         )
-    credentials, _created = await miners.register(runtime, principal, body)
+    credentials = await miners.register(runtime, principal, body)
     if credentials is None:
         return Response(status_code=204)
     return credentials
