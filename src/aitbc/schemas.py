@@ -177,7 +177,10 @@ class JobResult(StrictRequest):
 
     miner_id: str = Field(pattern=MINER_ID_PATTERN)
     result: str
-    completed_at: datetime | None = None
+    completed_at: datetime | None = Field(
+        default=None,
+        description="accepted for compatibility; the coordinator records its own time",
+    )
     usage: Usage | None = None
 
 

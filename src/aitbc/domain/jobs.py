@@ -7,8 +7,12 @@ claims have been spent, then it is ``failed``. A job past its ``timeout_seconds`
 is ``failed``. The client may cancel a job that is not yet terminal. Terminal
 states (completed, failed, cancelled) never change again.
 
-Storage applies these rules with conditional updates (``WHERE status = :expected``)
-so that concurrent requests cannot both win a transition.
+``ALLOWED_TRANSITIONS`` is the map of all of it. The hot paths do not consult it
+at run time: ``aitbc.storage.job_queries`` writes each step's precondition into the
+WHERE clause of one conditional UPDATE (claim: pending and runnable by this miner;
+complete: running, held by this miner, before the deadline; ...), so concurrent
+requests cannot both win a transition; the integration tests hold each step to
+these rules. ``ensure_transition`` guards the steps decided in Python (cancel).
 """
 
 from __future__ import annotations
