@@ -314,9 +314,8 @@ def test_generated_admin_key_file_is_private(tmp_path: Path) -> None:
     assert process.returncode is not None
 
 
-def test_db_upgrade(tmp_path: Path) -> None:
-    data_dir = tmp_path / "fresh"
-    result = subprocess.run(
+def _db_upgrade(tmp_path: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [*AITBC, "db", "upgrade", "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
@@ -325,21 +324,18 @@ def test_db_upgrade(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
+
+
+def test_db_upgrade(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    result = _db_upgrade(tmp_path, data_dir)
     assert result.returncode == 0, result.stdout + result.stderr
     match = re.search(r"is at revision (\S+)", result.stdout)
     assert match, result.stdout
     assert match.group(1) != "None"
     assert (data_dir / "aitbc.db").is_file()
     # Running it again is a no-op at the same revision.
-    again = subprocess.run(
-        [*AITBC, "db", "upgrade", "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    again = _db_upgrade(tmp_path, data_dir)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"is at revision {match.group(1)}" in again.stdout
 

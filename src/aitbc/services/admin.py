@@ -4,24 +4,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select
-
 from aitbc.domain.jobs import JobStatus
 from aitbc.schemas import AdminStats, Miner
 from aitbc.services.auth import require_role
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.services.views import miner_view
 from aitbc.storage import queries
-from aitbc.storage.job_queries import status_is
-from aitbc.storage.models import Job
-from aitbc.storage.models import Miner as MinerRow
 
 
 async def list_miners(runtime: Runtime, principal: Principal) -> list[Miner]:
     """Every registered miner with its liveness and completed-job count."""
     require_role(principal, "admin")
     async with runtime.sessions() as session:
-        miners = (await session.scalars(select(MinerRow).order_by(MinerRow.id))).all()
+        miners = await queries.all_miners(session)
         completed = await queries.completed_counts_by_miner(session)
     return [miner_view(miner, completed.get(miner.id, 0)) for miner in miners]
 
@@ -36,15 +31,10 @@ async def stats(runtime: Runtime, principal: Principal) -> AdminStats:
         online = await queries.online_miners(
             session, now - timedelta(seconds=settings.miner_offline_after_seconds)
         )
-        total_miners = (await session.execute(select(func.count(MinerRow.id)))).scalar_one()
-        completed_last_minute = (
-            await session.execute(
-                select(func.count(Job.id)).where(
-                    status_is(JobStatus.COMPLETED),
-                    Job.completed_at >= now - timedelta(minutes=1),
-                )
-            )
-        ).scalar_one()
+        total_miners = await queries.count_miners(session)
+        completed_last_minute = await queries.count_completed_since(
+            session, now - timedelta(minutes=1)
+        )
     full = {status.value: by_status.get(status.value, 0) for status in JobStatus}
     return AdminStats(
         jobs_by_status=full,

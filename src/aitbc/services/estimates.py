@@ -11,14 +11,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from aitbc.domain.jobs import JobStatus, MinerHardware, Requirements, can_run
+from aitbc.domain.jobs import MinerHardware, Requirements, can_run
 from aitbc.domain.pricing import ModelSpeed
 from aitbc.storage import queries
-from aitbc.storage.job_queries import status_is
-from aitbc.storage.models import Job
 
 REFRESH_SECONDS = 5.0
 SPEED_WINDOW = timedelta(hours=1)
@@ -65,24 +62,13 @@ class EstimateCache:
         self, session: AsyncSession, now: datetime, online_after_seconds: float
     ) -> MarketSnapshot:
         miners = await queries.online_miners(session, now - timedelta(seconds=online_after_seconds))
-        rows = await session.execute(
-            select(
-                Job.model, Job.completion_tokens, Job.created_at, Job.started_at, Job.completed_at
-            )
-            .where(
-                status_is(JobStatus.COMPLETED),
-                Job.completed_at >= now - self.speeds_window,
-                Job.completion_tokens.is_not(None),
-            )
-            .order_by(Job.completed_at.desc())
-            .limit(SPEED_SAMPLE_JOBS)
+        rows = await queries.recent_completions(
+            session, now - self.speeds_window, SPEED_SAMPLE_JOBS
         )
         tokens: dict[str, int] = defaultdict(int)
         run_seconds: dict[str, float] = defaultdict(float)
         waits: dict[str, list[float]] = defaultdict(list)
         for model, completion_tokens, created_at, started_at, completed_at in rows:
-            if started_at is None or completed_at is None or completion_tokens is None:
-                continue
             tokens[model] += completion_tokens
             run_seconds[model] += max((completed_at - started_at).total_seconds(), 0.0)
             waits[model].append(max((started_at - created_at).total_seconds(), 0.0))

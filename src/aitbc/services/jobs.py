@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any, NoReturn
 
-from sqlalchemy import ColumnElement, Connection
+from sqlalchemy import Connection
 
 from aitbc.domain import pricing
 from aitbc.domain.jobs import (
@@ -47,7 +47,6 @@ from aitbc.storage.db import read, transaction
 from aitbc.storage.job_queries import JobRecord
 from aitbc.storage.models import StoredFile
 
-C = job_queries.JOBS.c
 TIMEOUT_ERROR_CODE = "timeout"
 LEASE_LAPSED_ERROR_CODE = "lease_expired"
 # Jobs one sweep changes at most: a sweep is one transaction, and on SQLite it runs
@@ -170,14 +169,6 @@ async def get(runtime: Runtime, principal: Principal, job_id: str) -> JobDocumen
     return job_document(await read(runtime.engine, _load_visible, principal, job_id))
 
 
-def _owner_filter(principal: Principal) -> ColumnElement[bool] | None:
-    if principal.is_admin:
-        return None
-    if principal.role == "client":
-        return C.client_id == principal.owner_id
-    return C.miner_id == principal.owner_id
-
-
 async def list_jobs(
     runtime: Runtime,
     principal: Principal,
@@ -190,17 +181,18 @@ async def list_jobs(
 ) -> dict[str, Any]:
     """The caller's jobs (all jobs for admins), newest first, in the list envelope."""
     require_role(principal, "client", "admin")
-    conditions: list[ColumnElement[bool]] = []
-    owner = _owner_filter(principal)
-    if owner is not None:
-        conditions.append(owner)
-    if status is not None:
-        conditions.append(C.status == status.value)
-    if created_from is not None:
-        conditions.append(C.created_at >= created_from)
-    if created_before is not None:
-        conditions.append(C.created_at < created_before)
-    rows, total = await read(runtime.engine, job_queries.fetch_page, conditions, limit, offset)
+    # Admins see every job; a client sees its own (only clients and admins get here).
+    client_id = None if principal.is_admin else principal.owner_id
+    rows, total = await read(
+        runtime.engine,
+        job_queries.fetch_page,
+        client_id=client_id,
+        status=status,
+        created_from=created_from,
+        created_before=created_before,
+        limit=limit,
+        offset=offset,
+    )
     return job_list_document(rows, total, offset)
 
 
@@ -264,10 +256,10 @@ def _transition(
     job_id: str,
     expected: JobStatus,
     values: Mapping[str, Any],
-    *conditions: ColumnElement[bool],
+    attempt: tuple[str | None, int] | None = None,
 ) -> JobRecord:
     """Apply ``values`` only if the job is still in ``expected`` state (else 409)."""
-    row = job_queries.transition(connection, job_id, expected, values, *conditions)
+    row = job_queries.transition(connection, job_id, expected, values, attempt=attempt)
     if row is None:
         raise Conflict("the job changed state meanwhile; try again", error_code="job_changed")
     return row
@@ -421,8 +413,7 @@ async def report_failure(
             job_id,
             current,
             _lost_attempt_values(target, now, report.error, "miner_error"),
-            C.miner_id == report.miner_id,
-            C.attempts == row.attempts,
+            attempt=(report.miner_id, row.attempts),
         )
 
     updated = await transaction(runtime.engine, work)
@@ -552,9 +543,8 @@ async def sweep(runtime: Runtime) -> dict[str, int]:
                 row.id,
                 JobStatus.RUNNING,
                 values,
-                C.lease_expires_at <= now,
-                C.miner_id == row.miner_id,
-                C.attempts == row.attempts,
+                attempt=(row.miner_id, row.attempts),
+                lease_lapsed_by=now,
             )
             if updated is None:
                 continue

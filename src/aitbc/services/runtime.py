@@ -10,13 +10,13 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aitbc.domain.jobs import MinerHardware
 from aitbc.services.dispatch import Dispatcher
 from aitbc.services.estimates import EstimateCache
+from aitbc.services.views import JobDocument
 from aitbc.settings import Settings
 
 Clock = Callable[[], datetime]
@@ -56,7 +56,7 @@ class Runtime:
     clock: Clock = utc_now
     new_id: IdFactory = random_id
     # Pending jobs handed to long-polling miners, as the Job document they receive.
-    dispatcher: Dispatcher[dict[str, Any]] = field(default_factory=Dispatcher)
+    dispatcher: Dispatcher[JobDocument] = field(default_factory=Dispatcher)
     # SHA-256 of key -> principal, filled on first use. Keys cannot be revoked yet;
     # whatever revokes one must drop its entry here.
     key_cache: dict[str, Principal] = field(default_factory=dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, event, make_url
+from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
@@ -114,3 +114,13 @@ async def _run(unit: Callable[[], T]) -> T:
         raise ServiceUnavailable(
             "the database is unavailable right now; try again", error_code="database_unavailable"
         ) from exc
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    """Whether the database answers ``SELECT 1``."""
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception:  # any driver error means "not answering", never a crash
+        return False
+    return True

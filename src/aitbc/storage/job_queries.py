@@ -235,24 +235,49 @@ def transition(
     job_id: str,
     expected: JobStatus,
     values: Mapping[str, Any],
-    *conditions: ColumnElement[bool],
+    *,
+    attempt: tuple[str | None, int] | None = None,
+    lease_lapsed_by: datetime | None = None,
 ) -> JobRecord | None:
-    """Apply ``values`` if the job is still ``expected`` (and meets ``conditions``,
-    e.g. still held by the same attempt); the updated job or None."""
-    result = connection.execute(
-        update(JOBS)
-        .where(C.id == job_id, C.status == expected.value, *conditions)
-        .values(**values)
-        .returning(JOBS)
-    )
+    """Apply ``values`` if the job is still ``expected``; the updated job or None.
+
+    ``attempt`` (miner id, attempt number) also requires the job to be held by that
+    same attempt, and ``lease_lapsed_by`` its lease to have run out by then: the job
+    may have been renewed, requeued or reclaimed since the caller read it.
+    """
+    conditions = [C.id == job_id, C.status == expected.value]
+    if attempt is not None:
+        conditions += [C.miner_id == attempt[0], C.attempts == attempt[1]]
+    if lease_lapsed_by is not None:
+        conditions.append(C.lease_expires_at <= lease_lapsed_by)
+    result = connection.execute(update(JOBS).where(*conditions).values(**values).returning(JOBS))
     record: JobRecord | None = result.first()
     return record
 
 
 def fetch_page(
-    connection: Connection, conditions: Sequence[ColumnElement[bool]], limit: int, offset: int
+    connection: Connection,
+    *,
+    client_id: str | None = None,
+    miner_id: str | None = None,
+    status: JobStatus | None = None,
+    created_from: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: int,
+    offset: int,
 ) -> tuple[Sequence[JobRecord], int]:
-    """A page of jobs (newest first) matching ``conditions``, and how many match."""
+    """A page of jobs (newest first) matching every filter given, and how many match."""
+    conditions: list[ColumnElement[bool]] = []
+    if client_id is not None:
+        conditions.append(C.client_id == client_id)
+    if miner_id is not None:
+        conditions.append(C.miner_id == miner_id)
+    if status is not None:
+        conditions.append(C.status == status.value)
+    if created_from is not None:
+        conditions.append(C.created_at >= created_from)
+    if created_before is not None:
+        conditions.append(C.created_at < created_before)
     page = (
         select(JOBS)
         .where(*conditions)

@@ -10,6 +10,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aitbc.domain.jobs import JobStatus
+from aitbc.storage.job_queries import status_is
 from aitbc.storage.models import ApiKey, Job, Miner
 
 UTC_MIDNIGHT = time(0, 0)
@@ -60,3 +61,40 @@ async def online_miners(session: AsyncSession, seen_since: datetime) -> Sequence
 async def api_key(session: AsyncSession, key_hash: str) -> ApiKey | None:
     """The stored key with this hash, if any."""
     return await session.get(ApiKey, key_hash)
+
+
+async def recent_completions(
+    session: AsyncSession, since: datetime, limit: int
+) -> Sequence[tuple[str, int, datetime, datetime, datetime]]:
+    """``(model, completion_tokens, created_at, started_at, completed_at)`` of up to
+    ``limit`` jobs completed with metered usage since ``since``, newest first."""
+    rows = await session.execute(
+        select(Job.model, Job.completion_tokens, Job.created_at, Job.started_at, Job.completed_at)
+        .where(
+            status_is(JobStatus.COMPLETED),
+            Job.completed_at >= since,
+            Job.completion_tokens.is_not(None),
+            Job.started_at.is_not(None),
+        )
+        .order_by(Job.completed_at.desc())
+        .limit(limit)
+    )
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+async def count_completed_since(session: AsyncSession, since: datetime) -> int:
+    """Jobs completed since ``since``."""
+    query = select(func.count(Job.id)).where(
+        status_is(JobStatus.COMPLETED), Job.completed_at >= since
+    )
+    return int((await session.execute(query)).scalar_one())
+
+
+async def count_miners(session: AsyncSession) -> int:
+    """Registered miners."""
+    return int((await session.execute(select(func.count(Miner.id)))).scalar_one())
+
+
+async def all_miners(session: AsyncSession) -> Sequence[Miner]:
+    """Every registered miner, by id."""
+    return (await session.scalars(select(Miner).order_by(Miner.id))).all()
