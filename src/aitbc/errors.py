@@ -85,3 +85,14 @@ class ServiceUnavailable(AITBCError):
     """A dependency (the database) cannot be reached right now."""
 
     error_code = "service_unavailable"
+
+
+class VerificationFailed(AITBCError):
+    """A signature, key or signed object that does not check out.
+
+    ``error_code`` names the specific reason (``bad_signature``, ``unknown_key``,
+    ``malformed_signature``, ``not_canonical``, ``price_mismatch`` ...) so a verifier
+    can tell a tampered receipt from one signed by a key it never pinned.
+    """
+
+    error_code = "verification_failed"

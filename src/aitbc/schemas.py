@@ -172,6 +172,16 @@ class ClaimRequest(StrictRequest):
     miner_id: str = Field(pattern=MINER_ID_PATTERN)
 
 
+class Signature(StrictRequest):
+    """An Ed25519 signature over the canonical (RFC 8785) bytes of an object."""
+
+    alg: Literal["ed25519"] = "ed25519"
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="first 16 hex of SHA-256(pubkey)")
+    sig: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{86}$", description="base64url of the 64 bytes, no padding"
+    )
+
+
 class JobResult(StrictRequest):
     """A miner's completion of a job it holds."""
 
@@ -181,7 +191,61 @@ class JobResult(StrictRequest):
         default=None,
         description="accepted for compatibility; the coordinator records its own time",
     )
-    usage: Usage | None = None
+    usage: Usage | None = Field(
+        default=None,
+        description="tokens the miner metered; the receipt charges for these "
+        "(none reported: nothing is charged)",
+    )
+    miner_signature: Signature | None = Field(
+        default=None,
+        description="required once the miner registered a public key: its signature over "
+        "the canonical bytes of {job_id, provider, result_hash, units, unit_type}",
+    )
+
+
+class Receipt(BaseModel):
+    """A signed receipt for a completed job (DESIGN.md section 3).
+
+    Served as its RFC 8785 canonical bytes: hashing the response body gives the hash
+    the ledger records.
+    """
+
+    receipt_id: str
+    job_id: str
+    provider: str = Field(description="the miner id")
+    client: str = Field(description="the client id")
+    units: int
+    unit_type: Literal["tokens"]
+    price: float = Field(description="AIT: units x unit_price / 1000, rounded half up")
+    unit_price: float = Field(description="AIT per 1,000 units, the miner's price at claim")
+    model: str
+    started_at: int = Field(description="Unix seconds")
+    completed_at: int = Field(description="Unix seconds")
+    usage: Usage
+    input_hash: str = Field(description="SHA-256 hex of the prompt's UTF-8 bytes")
+    result_hash: str = Field(description="SHA-256 hex of the result's UTF-8 bytes")
+    miner_signature: Signature | None = Field(
+        default=None, description="present when the miner registered a key"
+    )
+    signature: Signature
+
+
+class PublicKeyInfo(BaseModel):
+    """A published Ed25519 public key and the period it could sign in."""
+
+    key_id: str
+    alg: Literal["ed25519"]
+    public_key: str = Field(description="base64url of the raw 32 bytes, no padding")
+    owner: str = Field(description='"coordinator" or a miner id')
+    status: Literal["current", "retired"]
+    valid_from: datetime
+    valid_until: datetime | None
+
+
+class KeyList(BaseModel):
+    """``GET /v1/keys``."""
+
+    keys: list[PublicKeyInfo]
 
 
 class ProgressReport(StrictRequest):
@@ -238,8 +302,20 @@ def parse_memory_gb(value: float | str) -> float:
     return gb
 
 
+RESERVED_MINER_IDS = frozenset({"coordinator"})
+
+
 class MinerRegistration(StrictRequest):
     """A miner announcing itself: id, models served, hardware and price."""
+
+    @field_validator("miner_id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        # "coordinator" owns the receipt-signing keys: a miner by that name could pass
+        # its own key off as the coordinator's in GET /v1/keys.
+        if value.lower() in RESERVED_MINER_IDS:
+            raise ValueError(f"miner id {value!r} is reserved")
+        return value
 
     miner_id: str = Field(pattern=MINER_ID_PATTERN)
     capabilities: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
@@ -248,6 +324,12 @@ class MinerRegistration(StrictRequest):
     gpu_info: GpuInfo | None = None
     price: Decimal = Field(
         default=Decimal(0), ge=0, decimal_places=6, description="AIT per 1,000 tokens"
+    )
+    public_key: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{43}$",
+        description="Ed25519 public key (raw 32 bytes, base64url, no padding); once "
+        "registered, every completion must carry the miner's signature",
     )
 
 

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # None means "SQLite file in data_dir"; postgresql://... selects PostgreSQL.
     database_url: str | None = None
     admin_key: str | None = None
+    # The coordinator's Ed25519 signing key (PKCS#8 PEM); None means
+    # <data_dir>/coordinator_ed25519.pem, generated at first start.
+    signing_key_file: Path | None = None
 
     open_client_registration: bool = True
     open_miner_registration: bool = True
@@ -51,6 +54,10 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=1_000_000, ge=1)
 
     log_level: str = "info"
+
+    def resolved_signing_key_file(self) -> Path:
+        """Where the coordinator's signing key lives."""
+        return self.signing_key_file or self.data_dir / "coordinator_ed25519.pem"
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy async URL: the configured one, or SQLite under data_dir."""

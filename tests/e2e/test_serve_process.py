@@ -260,7 +260,7 @@ async def test_lapsed_lease_goes_to_another_miner(serve: Server) -> None:
             ),
             200,
         )
-        assert done["status"] == "completed"
+        assert done["job_id"] == job_id and done["units"] == 17
 
         final = await expect(await http.get(f"/v1/jobs/{job_id}", headers=client), 200)
         assert final["status"] == "completed"

@@ -112,7 +112,9 @@ async def test_progress_renews_the_lease(coordinator: Coordinator) -> None:
         assert (await get_job(coordinator, job_id, client))["status"] == "running"
 
     coordinator.clock.advance(LEASE_SECONDS - 1)
-    done = ok(await complete(coordinator, job_id, "m1", m1))
+    receipt = ok(await complete(coordinator, job_id, "m1", m1))
+    assert receipt["job_id"] == job_id and receipt["provider"] == "m1"
+    done = await get_job(coordinator, job_id, client)
     assert done["status"] == "completed"
     assert done["attempts"] == 1
 

@@ -375,7 +375,11 @@ async def test_complete_only_by_the_lease_holder_and_idempotent(coordinator: Coo
 
     coordinator.clock.advance(4)
     usage = {"prompt_tokens": 3, "completion_tokens": 5}
-    done = ok(await complete(coordinator, job_id, "m1", m1, result="Hi!", usage=usage))
+    first = await complete(coordinator, job_id, "m1", m1, result="Hi!", usage=usage)
+    receipt = ok(first)
+    assert receipt["job_id"] == job_id
+    assert receipt["usage"] == usage
+    done = await get_job(coordinator, job_id, client)
     assert done["status"] == "completed"
     assert done["result"] == "Hi!"
     assert done["usage"] == usage
@@ -383,9 +387,9 @@ async def test_complete_only_by_the_lease_holder_and_idempotent(coordinator: Coo
     assert done["completed_at"] == "2026-02-13T10:00:04Z"
 
     coordinator.clock.advance(4)
-    again = ok(await complete(coordinator, job_id, "m1", m1, result="Hi!", usage=usage))
-    assert again["status"] == "completed"
-    assert again["completed_at"] == "2026-02-13T10:00:04Z"
+    again = await complete(coordinator, job_id, "m1", m1, result="Hi!", usage=usage)
+    # An identical re-send returns the very same receipt, byte for byte.
+    assert again.status_code == 200 and again.content == first.content
     different = await complete(coordinator, job_id, "m1", m1, result="Bye!", usage=usage)
     assert_error(different, 409, "already_completed")
     assert_error(await complete(coordinator, job_id, "m2", m2, result="Hi!"), 409)

@@ -35,7 +35,7 @@ async def test_job_lifecycle(coordinator: Coordinator) -> None:
 async def test_job_documents_are_exactly_the_job_schema(coordinator: Coordinator) -> None:
     """Job responses are built as plain JSON for speed: each must validate against the
     documented ``Job`` schema and be exactly what pydantic itself would serialize."""
-    from aitbc.schemas import Job, JobList
+    from aitbc.schemas import Job, JobList, Receipt
 
     http = coordinator.http
     _client_id, client = await coordinator.new_client()
@@ -53,7 +53,7 @@ async def test_job_documents_are_exactly_the_job_schema(coordinator: Coordinator
     ).json()
     claimed = (await coordinator.claim(job_id, "m1", miner)).json()
     coordinator.clock.advance(1.5)
-    completed = (
+    receipt = (
         await http.post(
             f"/v1/jobs/{job_id}/complete",
             json={
@@ -64,8 +64,9 @@ async def test_job_documents_are_exactly_the_job_schema(coordinator: Coordinator
             headers=miner,
         )
     ).json()
-    fetched = (await http.get(f"/v1/jobs/{job_id}", headers=client)).json()
-    for document in (submitted, offered, claimed, completed, fetched):
+    assert Receipt.model_validate(receipt).model_dump(mode="json", exclude_none=True) == receipt
+    completed = fetched = (await http.get(f"/v1/jobs/{job_id}", headers=client)).json()
+    for document in (submitted, offered, claimed, fetched):
         assert Job.model_validate(document).model_dump(mode="json") == document
     assert completed["usage"] == {"prompt_tokens": 2, "completion_tokens": 1}
     assert completed["completed_at"].endswith("Z") and completed["estimated_cost"] is not None

@@ -12,9 +12,9 @@ from fastapi import FastAPI
 from aitbc import __version__
 from aitbc.api.errors import install_error_handlers
 from aitbc.api.middleware import AuthRateLimitMiddleware, BodySizeLimitMiddleware
-from aitbc.api.routers import admin, clients, files, jobs, miners, system
+from aitbc.api.routers import admin, clients, files, jobs, miners, receipts, system
 from aitbc.schemas import ErrorBody
-from aitbc.services import sweeper
+from aitbc.services import keys, sweeper
 from aitbc.services.auth import ensure_admin_key
 from aitbc.services.runtime import Clock, Runtime, utc_now
 from aitbc.settings import Settings
@@ -45,6 +45,10 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
         written = await ensure_admin_key(runtime)
         if written is not None:
             print(f"aitbc: admin API key written to {written}", flush=True)
+        created = await keys.start(runtime)
+        if created is not None:
+            print(f"aitbc: receipt signing key written to {created}", flush=True)
+        log.info("signing receipts with key %s", runtime.signing_key().key_id)
         task = asyncio.create_task(sweeper.run_forever(runtime)) if run_sweeper else None
         try:
             yield
@@ -67,7 +71,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for router in (system, clients, miners, jobs, files, admin):
+    for router in (system, clients, miners, jobs, receipts, files, admin):
         app.include_router(router.router)
     app.add_middleware(AuthRateLimitMiddleware, runtime=runtime)
     app.add_middleware(

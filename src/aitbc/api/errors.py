@@ -22,6 +22,7 @@ STATUS_BY_ERROR: dict[type[errors.AITBCError], int] = {
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
     errors.ValidationFailed: 422,
+    errors.VerificationFailed: 422,
     errors.RateLimited: 429,
     errors.ServiceUnavailable: 503,
 }

@@ -11,7 +11,7 @@ the service read the job again to say why.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import math
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any, NoReturn
@@ -29,7 +29,23 @@ from aitbc.domain.jobs import (
     is_terminal,
     status_after_lost_attempt,
 )
-from aitbc.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied
+from aitbc.domain.receipts import (
+    ReceiptTerms,
+    miner_statement,
+    receipt_body,
+    sign_receipt,
+    text_hash,
+    verify_miner_signature,
+)
+from aitbc.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ValidationFailed,
+    VerificationFailed,
+)
 from aitbc.schemas import (
     FailureReport,
     JobRequest,
@@ -37,12 +53,13 @@ from aitbc.schemas import (
     ProgressAck,
     ProgressReport,
 )
+from aitbc.services import keys as key_service
 from aitbc.services import miners as miner_service
 from aitbc.services.auth import require_client, require_miner, require_role
 from aitbc.services.dispatch import RECHECK_SECONDS, Dispatcher, Offer
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.services.views import JobDocument, job_document, job_list_document
-from aitbc.storage import job_queries, queries
+from aitbc.storage import job_queries, queries, receipt_queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.job_queries import JobRecord
 from aitbc.storage.models import StoredFile
@@ -449,21 +466,68 @@ def _lost_attempt_values(
 
 def result_digest(result: str) -> str:
     """SHA-256 hex of the result's UTF-8 bytes (the receipt's ``result_hash``)."""
-    return hashlib.sha256(result.encode()).hexdigest()
+    return text_hash(result)
+
+
+async def _check_miner_signature(
+    runtime: Runtime, job_id: str, job_result: JobResult, digest: str, units: int
+) -> dict[str, str] | None:
+    """The miner's signature object if it verifies; 422 if it does not, or if a miner
+    that registered a key sent none."""
+    miner_id = job_result.miner_id
+    signature = job_result.miner_signature
+    keys = await key_service.miner_keys(runtime, miner_id)
+    if signature is None:
+        if len(keys) == 0:
+            return None
+        # The key may have been registered through another coordinator meanwhile.
+        raise VerificationFailed(
+            "this miner registered a public key: completions must carry miner_signature",
+            error_code="miner_signature_required",
+        )
+    statement = miner_statement(job_id, miner_id, digest, units)
+    document = signature.model_dump()
+    try:
+        verify_miner_signature(statement, document, keys)
+    except VerificationFailed as exc:
+        if exc.error_code != "unknown_miner_key":
+            raise
+        # A key registered moments ago through another coordinator: read again.
+        keys = await key_service.miner_keys(runtime, miner_id, fresh=True)
+        verify_miner_signature(statement, document, keys)
+    return document
+
+
+def _unix(moment: datetime) -> int:
+    return math.floor(moment.timestamp())
 
 
 async def complete(
     runtime: Runtime, principal: Principal, job_id: str, job_result: JobResult
-) -> JobDocument:
-    """Store the result of a job this miner holds; re-sending the same result is a no-op."""
+) -> str:
+    """Store the result of a job this miner holds and issue its signed receipt.
+
+    Returns the receipt as canonical JSON text. Re-sending the same result returns
+    the same receipt; a different result for a completed job is a 409.
+    """
     miner_id = job_result.miner_id
     require_miner(principal, miner_id)
+    # Sampled together, with nothing awaited in between: a key rotation dates the
+    # old key's retirement at the instant it swaps keys (see services.keys).
     now = runtime.clock()
+    signer = runtime.signing_key()
     digest = result_digest(job_result.result)
     usage = job_result.usage
+    prompt_tokens, completion_tokens = (
+        (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+    )
+    miner_signature = await _check_miner_signature(
+        runtime, job_id, job_result, digest, prompt_tokens + completion_tokens
+    )
+    receipt_id = runtime.new_id("rcpt")
 
-    def work(connection: Connection) -> JobRecord | None:
-        """The completed job, or None when it timed out (committed as failed)."""
+    def work(connection: Connection) -> str | None:
+        """The receipt, or None when the job timed out (committed as failed)."""
         row = job_queries.complete(
             connection,
             job_id,
@@ -471,16 +535,56 @@ async def complete(
             now,
             job_result.result,
             digest,
-            (usage.prompt_tokens, usage.completion_tokens) if usage else None,
+            (prompt_tokens, completion_tokens) if usage else None,
         )
         if row is not None:
-            return row
+            max_tokens = row.params.get("max_tokens")
+            if isinstance(max_tokens, int) and completion_tokens > max_tokens:
+                # Raising rolls the completion back: the job stays running.
+                raise ValidationFailed(
+                    f"usage.completion_tokens {completion_tokens} exceeds the job's "
+                    f"max_tokens {max_tokens}",
+                    error_code="usage_exceeds_max_tokens",
+                )
+            terms = ReceiptTerms(
+                receipt_id=receipt_id,
+                job_id=job_id,
+                provider=miner_id,
+                client=row.client_id,
+                model=row.model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                unit_price_micro=row.unit_price_micro or 0,
+                started_at=_unix(row.started_at or now),
+                completed_at=_unix(now),
+                input_hash=text_hash(row.prompt),
+                result_hash=digest,
+                miner_signature=miner_signature,
+            )
+            signed = sign_receipt(receipt_body(terms), signer)
+            document = signed.canonical.decode("utf-8")
+            receipt_queries.insert_receipt(
+                connection,
+                receipt_id=receipt_id,
+                job_id=job_id,
+                client_id=row.client_id,
+                provider=miner_id,
+                completed_at=terms.completed_at,
+                key_id=signer.key_id,
+                document=document,
+            )
+            return document
         # Not completed by this call: say why (or repeat an identical completion).
         row = _held_job(connection, job_id, miner_id)
         current = JobStatus(row.status)
         if current is JobStatus.COMPLETED:
             if row.result_sha256 == digest:
-                return row  # idempotent re-send
+                existing = receipt_queries.receipt_for_job(connection, job_id)
+                if existing is not None:
+                    return str(existing.document)  # idempotent re-send
+                raise Conflict(
+                    "job was completed before receipts were issued", error_code="no_receipt"
+                )
             raise Conflict(
                 "job was already completed with a different result",
                 error_code="already_completed",
@@ -492,10 +596,10 @@ async def complete(
         _transition(connection, job_id, current, _timeout_values(row, now))
         return None
 
-    completed = await transaction(runtime.engine, work)
-    if completed is None:
+    receipt = await transaction(runtime.engine, work)
+    if receipt is None:
         raise Conflict("job passed its timeout before completing", error_code="job_timed_out")
-    return job_document(completed)
+    return receipt
 
 
 def _timeout_values(row: JobRecord, now: datetime) -> dict[str, object]:

@@ -13,6 +13,7 @@ from aitbc.domain.jobs import JobStatus, MinerHardware
 from aitbc.domain.money import to_micro
 from aitbc.errors import Conflict, NotFound, PermissionDenied
 from aitbc.schemas import Heartbeat, HeartbeatAck, MinerCredentials, MinerRegistration
+from aitbc.services import keys as key_service
 from aitbc.services.auth import add_key, require_miner
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.storage import job_queries, miner_queries
@@ -50,13 +51,17 @@ async def register(
     }
     now = runtime.clock()
     miner_id = registration.miner_id
+    public_key = (
+        key_service.parse_public_key(registration.public_key) if registration.public_key else None
+    )
     try:
-        credentials = await _register(runtime, principal, miner_id, values, now)
-    except IntegrityError as exc:  # a concurrent registration of the same id won
+        credentials = await _register(runtime, principal, miner_id, values, now, public_key)
+    except IntegrityError as exc:  # a concurrent registration of the same id (or key) won
         raise Conflict(
             f"miner {miner_id} is already registered", error_code="miner_exists"
         ) from exc
     runtime.hardware_cache.pop(miner_id, None)
+    runtime.miner_keys_cache.pop(miner_id, None)
     runtime.estimates.invalidate()
     return credentials
 
@@ -67,6 +72,7 @@ async def _register(
     miner_id: str,
     values: dict[str, Any],
     now: datetime,
+    public_key: bytes | None,
 ) -> MinerCredentials | None:
     async with runtime.sessions.begin() as session:
         existing = await session.get(Miner, miner_id)
@@ -98,6 +104,14 @@ async def _register(
             )
             credentials = MinerCredentials(
                 miner_id=miner_id, api_key=add_key(session, runtime, "miner", miner_id)
+            )
+        if public_key is not None:
+            # The miner row must exist first (same transaction).
+            await session.flush()
+            await session.run_sync(
+                lambda sync: key_service.register_miner_key(
+                    sync.connection(), miner_id, public_key, now
+                )
             )
     return credentials
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aitbc.domain.jobs import MinerHardware
+from aitbc.domain.signing import KeyRing, SigningKey
 from aitbc.services.dispatch import Dispatcher
 from aitbc.services.estimates import EstimateCache
 from aitbc.services.views import JobDocument
@@ -21,6 +22,7 @@ from aitbc.settings import Settings
 
 Clock = Callable[[], datetime]
 IdFactory = Callable[[str], str]
+RandomBytes = Callable[[int], bytes]
 
 
 def utc_now() -> datetime:
@@ -55,6 +57,9 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     clock: Clock = utc_now
     new_id: IdFactory = random_id
+    random_bytes: RandomBytes = secrets.token_bytes
+    # The coordinator's current signing key, loaded at start-up (services.keys).
+    signer: SigningKey | None = None
     # Pending jobs handed to long-polling miners, as the Job document they receive.
     dispatcher: Dispatcher[JobDocument] = field(default_factory=Dispatcher)
     # SHA-256 of key -> principal, filled on first use. Keys cannot be revoked yet;
@@ -63,3 +68,11 @@ class Runtime:
     # miner id -> (what it serves, monotonic time read); refreshed after a few seconds.
     hardware_cache: dict[str, tuple[MinerHardware, float]] = field(default_factory=dict)
     estimates: EstimateCache = field(default_factory=EstimateCache)
+    # miner id -> (its current public keys, monotonic time read).
+    miner_keys_cache: dict[str, tuple[KeyRing, float]] = field(default_factory=dict)
+
+    def signing_key(self) -> SigningKey:
+        """The key receipts are signed with (set once the app has started)."""
+        if self.signer is None:
+            raise RuntimeError("the coordinator's signing key is not loaded yet")
+        return self.signer

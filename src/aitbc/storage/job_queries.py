@@ -35,9 +35,10 @@ from sqlalchemy import (
 )
 
 from aitbc.domain.jobs import JobStatus, MinerHardware
-from aitbc.storage.models import Job
+from aitbc.storage.models import Job, Miner
 
 JOBS = cast(Table, Job.__table__)
+MINERS = cast(Table, Miner.__table__)
 C = JOBS.c
 JobRecord = Row[Any]
 HARDWARE_CACHE_SIZE = 1024
@@ -109,6 +110,10 @@ def _claim_statement(hardware: MinerHardware) -> Update:
             # A new attempt starts clean; an earlier attempt's error no longer applies.
             error=None,
             error_code=None,
+            # The price the miner posts now is the price of this job.
+            unit_price_micro=select(MINERS.c.price_micro)
+            .where(MINERS.c.id == bindparam("claimer"))
+            .scalar_subquery(),
         )
         .returning(JOBS)
     )

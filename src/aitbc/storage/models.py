@@ -151,6 +151,9 @@ class Job(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     estimated_cost_micro: Mapped[int | None] = mapped_column(BigInteger)
     estimated_time_seconds: Mapped[float | None] = mapped_column(Float)
+    # The miner's posted price (µAIT per 1,000 units) when it claimed the job: what
+    # the receipt charges, whatever the miner posts later.
+    unit_price_micro: Mapped[int | None] = mapped_column(BigInteger)
 
     # Partial indexes hold only the jobs a query looks for: the queue stays a small
     # index however many finished jobs the table keeps, and a state change touches
@@ -168,4 +171,41 @@ class Job(Base):
         _partial("ix_jobs_completed", "status = 'completed'", "completed_at"),
         Index("ix_jobs_client_created", "client_id", "created_at"),
         Index("ix_jobs_created", "created_at"),
+    )
+
+
+class SigningKeyRecord(Base):
+    """A published Ed25519 public key: the coordinator's (current and retired) and
+    the keys miners registered, each with the period it was allowed to sign."""
+
+    __tablename__ = "signing_keys"
+
+    key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # "coordinator" or a miner id.
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    # Raw 32 bytes as unpadded base64url, as GET /v1/keys publishes it.
+    public_key: Mapped[str] = mapped_column(String(43))
+    status: Mapped[str] = mapped_column(String(16))
+    valid_from: Mapped[datetime]
+    valid_until: Mapped[datetime | None]
+
+
+class Receipt(Base):
+    """A signed receipt, stored as its canonical JSON bytes: served and hashed as is."""
+
+    __tablename__ = "receipts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(String(128))
+    # Unix seconds, as in the receipt; the listing order.
+    completed_at: Mapped[int] = mapped_column(BigInteger)
+    key_id: Mapped[str] = mapped_column(String(16))
+    document: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_receipts_client_completed", "client_id", "completed_at"),
+        Index("ix_receipts_provider_completed", "provider", "completed_at"),
+        Index("ix_receipts_completed", "completed_at"),
     )

@@ -9,8 +9,15 @@ from fastapi import APIRouter, Query
 from aitbc.api.deps import PrincipalDep, RuntimeDep
 from aitbc.api.responses import JSONDocument
 from aitbc.domain.jobs import JobStatus
-from aitbc.schemas import AdminStats, ClientCredentials, ClientRegistration, JobList, Miner
-from aitbc.services import admin, auth, jobs
+from aitbc.schemas import (
+    AdminStats,
+    ClientCredentials,
+    ClientRegistration,
+    JobList,
+    Miner,
+    PublicKeyInfo,
+)
+from aitbc.services import admin, auth, jobs, keys
 
 router = APIRouter(prefix="/v1/admin", tags=["Admin"])
 
@@ -49,3 +56,12 @@ async def create_client(
     """Create a client account and key (works even when self-registration is off)."""
     auth.require_role(principal, "admin")
     return await auth.register_client(runtime, body.name if body else None)
+
+
+@router.post("/keys/rotate", status_code=201, response_model=PublicKeyInfo)
+async def rotate_signing_key(runtime: RuntimeDep, principal: PrincipalDep) -> JSONDocument:
+    """Make a new receipt-signing key; the old one is retired now and stays published,
+    so the receipts it signed stay verifiable."""
+    auth.require_role(principal, "admin")
+    key = await keys.rotate(runtime)
+    return JSONDocument(key.to_document(), status_code=201)

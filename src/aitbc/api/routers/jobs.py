@@ -10,9 +10,10 @@ from fastapi.responses import PlainTextResponse
 
 from aitbc.api.deps import JobId, PrincipalDep, RuntimeDep
 from aitbc.api.responses import JSONDocument
+from aitbc.api.routers.receipts import receipt_response
 from aitbc.domain.jobs import JobStatus
-from aitbc.schemas import Job, JobList, JobRequest
-from aitbc.services import jobs
+from aitbc.schemas import Job, JobList, JobRequest, Receipt
+from aitbc.services import jobs, receipts
 
 router = APIRouter(prefix="/v1/jobs", tags=["Jobs"])
 
@@ -59,6 +60,12 @@ async def job_history(
 async def get_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> JSONDocument:
     """One job."""
     return JSONDocument(await jobs.get(runtime, principal, job_id))
+
+
+@router.get("/{job_id}/receipt", response_model=Receipt, tags=["Receipts"])
+async def get_job_receipt(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> Response:
+    """The signed receipt of a completed job (404 ``receipt_not_found`` before then)."""
+    return receipt_response(await receipts.for_job(runtime, principal, job_id))
 
 
 @router.delete("/{job_id}", response_model=Job)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from aitbc.api.deps import JobId, OptionalPrincipalDep, PrincipalDep, RuntimeDep
 from aitbc.api.responses import JSONDocument
+from aitbc.api.routers.receipts import receipt_response
 from aitbc.errors import PermissionDenied
 from aitbc.schemas import (
     MINER_ID_PATTERN,
@@ -23,6 +24,7 @@ from aitbc.schemas import (
     MinerRegistration,
     ProgressAck,
     ProgressReport,
+    Receipt,
 )
 from aitbc.services import jobs, miners
 
@@ -124,9 +126,13 @@ async def report_failure(
     return JSONDocument(await jobs.report_failure(runtime, principal, job_id, body))
 
 
-@router.post("/v1/jobs/{job_id}/complete", response_model=Job)
+@router.post("/v1/jobs/{job_id}/complete", response_model=Receipt)
 async def complete_job(
     runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId, body: JobResult
-) -> JSONDocument:
-    """Deliver the result of a job this miner holds; the same result again is a no-op."""
-    return JSONDocument(await jobs.complete(runtime, principal, job_id, body))
+) -> Response:
+    """Deliver the result of a job this miner holds; the answer is its signed receipt.
+
+    The same result sent again returns the same receipt. A miner that registered a
+    public key must sign ``{job_id, provider, result_hash, units, unit_type}``.
+    """
+    return receipt_response(await jobs.complete(runtime, principal, job_id, body))

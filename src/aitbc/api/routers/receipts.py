@@ -1,0 +1,58 @@
+"""Receipt endpoints: ``GET /v1/receipts``, ``GET /v1/receipts/{id}``, and the public
+key list ``GET /v1/keys`` verifiers pin."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from starlette.responses import Response
+
+from aitbc.api.deps import PrincipalDep, RuntimeDep
+from aitbc.api.responses import JSONDocument
+from aitbc.schemas import MINER_ID_PATTERN, KeyList, Receipt
+from aitbc.services import keys, receipts
+
+router = APIRouter(tags=["Receipts"])
+
+ReceiptId = Annotated[str, Path(max_length=64, pattern=r"^[^\x00]+$")]
+Filter = Annotated[str | None, Query(max_length=128, pattern=r"^[^\x00]+$")]
+
+
+def receipt_response(document: str) -> Response:
+    """A stored receipt, byte for byte (its canonical JSON)."""
+    return Response(document, media_type="application/json")
+
+
+@router.get("/v1/receipts", response_model=list[Receipt])
+async def list_receipts(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    client: Filter = None,
+    provider: Filter = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> Response:
+    """Receipts, newest first: a client's own, a miner's earned, or (admin) all."""
+    documents = await receipts.page(
+        runtime, principal, client=client, provider=provider, limit=limit, offset=offset
+    )
+    return Response("[" + ",".join(documents) + "]", media_type="application/json")
+
+
+@router.get("/v1/receipts/{receipt_id}", response_model=Receipt)
+async def get_receipt(
+    runtime: RuntimeDep, principal: PrincipalDep, receipt_id: ReceiptId
+) -> Response:
+    """One receipt, as the canonical JSON that was signed (plus its signature)."""
+    return receipt_response(await receipts.get(runtime, principal, receipt_id))
+
+
+@router.get("/v1/keys", response_model=KeyList, tags=["Keys"])
+async def list_keys(
+    runtime: RuntimeDep,
+    owner: Annotated[str | None, Query(pattern=MINER_ID_PATTERN)] = None,
+) -> JSONDocument:
+    """Public keys that sign receipts: the coordinator's, current and retired, with the
+    period each was valid; ``?owner=<miner_id>`` lists a miner's registered keys."""
+    return JSONDocument(await keys.published(runtime, owner))
