@@ -1,13 +1,17 @@
 """``aitbc demo``: a coordinator on this machine and one job through its lifecycle.
 
 The demo plays both the client and the miner over plain HTTP, so every step a real
-miner daemon takes (register, long-poll, claim, progress, complete) is visible. It
-runs no model: the miner's answer says so, instead of pretending to be model output.
+miner daemon takes (register with a public key, long-poll, claim, progress, complete
+with a signature) is visible, then verifies the signed receipt offline the way any
+third party would. It runs no model: the miner's answer says so, instead of
+pretending to be model output.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 import socket
 import tempfile
 from pathlib import Path
@@ -17,6 +21,9 @@ import httpx
 import uvicorn
 
 from aitbc.api import create_app
+from aitbc.domain.receipts import miner_statement, sign_miner_statement, text_hash
+from aitbc.domain.signing import KeyRing, SigningKey
+from aitbc.sdk import verify_receipt
 from aitbc.settings import Settings
 
 DEMO_MINER_ID = "demo-miner"
@@ -73,6 +80,10 @@ async def run_demo(port: int = 0, keep_running: bool = False) -> int:
 async def _walk_through(http: httpx.AsyncClient) -> None:
     health = await _expect(await http.get("/health"), 200)
     _say("coordinator", f"health: {health}")
+    # What a verifier does once: fetch the coordinator's public keys and pin them.
+    pinned = KeyRing.from_document(await _expect(await http.get("/v1/keys"), 200))
+    _say("client", f"pinned coordinator key(s): {', '.join(k.key_id for k in pinned)}")
+    miner_key = SigningKey.from_seed(secrets.token_bytes(32))
 
     miner_creds = await _expect(
         await http.post(
@@ -82,12 +93,17 @@ async def _walk_through(http: httpx.AsyncClient) -> None:
                 "capabilities": [DEMO_MODEL],
                 "gpu_info": {"name": "CPU", "memory": 0, "count": 0},
                 "price": 0.02,
+                "public_key": miner_key.public_key_b64,
             },
         ),
         201,
     )
     miner = {"X-Api-Key": miner_creds["api_key"]}
-    _say("miner", f"registered {DEMO_MINER_ID} serving {DEMO_MODEL} at 0.02 AIT / 1k tokens")
+    _say(
+        "miner",
+        f"registered {DEMO_MINER_ID} serving {DEMO_MODEL} at 0.02 AIT / 1k tokens, "
+        f"signing key {miner_key.key_id}",
+    )
 
     client_creds = await _expect(await http.post("/v1/clients/register", json={}), 201)
     client = {"X-Api-Key": client_creds["api_key"]}
@@ -142,22 +158,42 @@ async def _walk_through(http: httpx.AsyncClient) -> None:
         "(aitbc demo: no model ran; `aitbc miner` runs a real one. "
         "This text was sent by the demo playing the miner.)"
     )
-    await _expect(
+    usage = {"prompt_tokens": 7, "completion_tokens": 20}
+    statement = miner_statement(
+        offered["job_id"], DEMO_MINER_ID, text_hash(result), sum(usage.values())
+    )
+    receipt = await _expect(
         await http.post(
             f"/v1/jobs/{offered['job_id']}/complete",
             json={
                 "miner_id": DEMO_MINER_ID,
                 "result": result,
-                "usage": {"prompt_tokens": 7, "completion_tokens": 20},
+                "usage": usage,
+                "miner_signature": sign_miner_statement(miner_key, statement),
             },
             headers=miner,
         ),
         200,
     )
-    _say("miner", "completed it")
+    _say("miner", f"completed it (result signed) and got receipt {receipt['receipt_id']}")
 
     final = await _expect(await http.get(f"/v1/jobs/{job['job_id']}", headers=client), 200)
     _say("client", f"job is {final['status']}; result: {final['result']}")
+    response = await http.get(f"/v1/jobs/{job['job_id']}/receipt", headers=client)
+    await _expect(response, 200)
+    _say("client", f"receipt: {json.dumps(json.loads(response.content), indent=2)}")
+    miner_keys = KeyRing.from_document(
+        await _expect(await http.get("/v1/keys", params={"owner": DEMO_MINER_ID}), 200)
+    )
+    verified = verify_receipt(
+        response.content, pinned, miner_keys=miner_keys, result=final["result"]
+    )
+    _say(
+        "client",
+        f"receipt verified offline: coordinator key {verified.key.key_id}, miner key "
+        f"{verified.miner_key.key_id if verified.miner_key else '-'}, result hash matches; "
+        f"paid {verified.receipt['price']} AIT for {verified.receipt['units']} tokens",
+    )
     stats = await _expect(
         await http.get("/v1/jobs", headers=client, params={"status": "completed"}), 200
     )

@@ -1,4 +1,5 @@
-"""The ``aitbc`` command: ``serve``, ``db upgrade``, ``demo`` and client commands."""
+"""The ``aitbc`` command: ``serve``, ``db upgrade``, ``demo``, ``keys``, ``receipts`` and
+client commands."""
 
 from __future__ import annotations
 
@@ -210,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("admin_command", choices=["stats", "miners"])
     _add_client_flags(admin)
     admin.set_defaults(handler=cmd_admin)
+
+    from aitbc.cli.receipts import add_parsers
+
+    add_parsers(commands, _add_client_flags, _add_storage_flags)
     return parser
 
 

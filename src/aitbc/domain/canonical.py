@@ -36,6 +36,8 @@ def canonical_bytes(value: Any) -> bytes:
         ) from exc
     except (TypeError, ValueError) as exc:  # e.g. a Decimal or another non-JSON type
         raise VerificationFailed(f"value is not JSON: {exc}", error_code="not_canonical") from exc
+    except RecursionError as exc:
+        raise VerificationFailed("value is nested too deeply", error_code="not_canonical") from exc
 
 
 def sha256_hex(data: bytes) -> str:
@@ -51,7 +53,7 @@ class FixedShapeEncoder:
     receipt) the names' canonical forms are computed once, here, by the library;
     every value is still canonicalized by the library on each call. That halves the
     cost of canonicalizing a receipt without writing a JSON encoder of our own, and
-    ``tests/unit/test_canonical.py`` checks the result equals ``rfc8785.dumps`` of
+    ``tests/unit/test_receipts.py`` checks the result equals ``rfc8785.dumps`` of
     the whole object. Objects with a member outside the set go through
     ``canonical_bytes`` whole.
     """
@@ -103,11 +105,11 @@ def _no_constant(name: str) -> Any:
     raise VerificationFailed(f"{name} is not JSON", error_code="not_canonical")
 
 
-def parse_json_object(data: bytes | str) -> dict[str, Any]:
+def parse_json_object(data: bytes | bytearray | str) -> dict[str, Any]:
     """A JSON object from text, refusing what would make its canonical form ambiguous:
     invalid UTF-8 or JSON, duplicate member names, NaN/Infinity, a non-object."""
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        text = bytes(data).decode("utf-8") if isinstance(data, bytes | bytearray) else data
     except UnicodeDecodeError as exc:
         raise VerificationFailed("document is not UTF-8", error_code="invalid_json") from exc
     try:

@@ -34,8 +34,11 @@ def to_micro(amount: Decimal | int | float | str) -> int:
 
 
 def to_ait(micro: int) -> float:
-    """µAIT as a JSON-friendly number; exact for 6 decimals below 10^9 AIT."""
-    return float(Decimal(micro) / MICRO_PER_AIT)
+    """µAIT as a JSON-friendly number: the double nearest ``micro`` / 10^6, which is
+    what a JSON parser reads from the amount written with 6 decimals."""
+    # int / int is correctly rounded in CPython (no float intermediate for the
+    # operands), so this equals float(Decimal(micro) / 10**6) at a fraction of the cost.
+    return micro / MICRO_PER_AIT
 
 
 def price_for_units(units: int, unit_price_micro: int) -> int:

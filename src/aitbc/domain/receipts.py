@@ -260,7 +260,9 @@ def verify_receipt(
             receipt["units"],
             receipt["unit_type"],
         )
-        miner_key = verify_miner_signature(statement, receipt["miner_signature"], miner_keys)
+        miner_key = verify_miner_signature(
+            statement, receipt["miner_signature"], miner_keys, at=receipt["completed_at"]
+        )
     if prompt is not None:
         _check_hash(receipt, "input_hash", prompt, "prompt")
     if result is not None:

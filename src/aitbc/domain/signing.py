@@ -35,6 +35,7 @@ PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 KEY_ID_HEX_DIGITS = 16
 COORDINATOR_OWNER = "coordinator"
+SIGNATURE_MEMBERS = ("alg", "key_id", "sig")
 KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 
@@ -125,9 +126,14 @@ def read_signature_object(value: Any, what: str = "signature") -> tuple[str, byt
     code = f"malformed_{what}"
     if not isinstance(value, Mapping):
         raise VerificationFailed(f"{what} is not an object", error_code=code)
-    missing = [name for name in ("alg", "key_id", "sig") if name not in value]
+    missing = [name for name in SIGNATURE_MEMBERS if name not in value]
     if missing:
         raise VerificationFailed(f"{what} lacks {', '.join(missing)}", error_code=code)
+    # Exactly these members: anything else would change the receipt's hash (its
+    # ledger reference) without touching what the signature covers.
+    extra = sorted(str(name) for name in value if name not in SIGNATURE_MEMBERS)
+    if extra:
+        raise VerificationFailed(f"{what} has unknown members {extra}", error_code=code)
     if value["alg"] != ALGORITHM:
         raise VerificationFailed(
             f"{what} algorithm {value['alg']!r} is not supported (only {ALGORITHM})",
@@ -174,6 +180,8 @@ class PublicKey:
 
     def allows(self, unix_seconds: int) -> bool:
         """Whether the key was valid at that time (whole seconds, inclusive)."""
+        if self.status == "retired" and self.valid_until is None:
+            return False  # a retired key with no end date vouches for nothing
         if self.valid_from is not None and unix_seconds < _unix_floor(self.valid_from):
             return False
         return self.valid_until is None or unix_seconds <= _unix_ceil(self.valid_until)

@@ -29,6 +29,7 @@ from aitbc.domain.jobs import (
     is_terminal,
     status_after_lost_attempt,
 )
+from aitbc.domain.money import MAX_SUPPLY_MICRO
 from aitbc.domain.receipts import (
     ReceiptTerms,
     miner_statement,
@@ -69,6 +70,8 @@ LEASE_LAPSED_ERROR_CODE = "lease_expired"
 # Jobs one sweep changes at most: a sweep is one transaction, and on SQLite it runs
 # on the event loop, so a huge backlog is worked off over several sweeps instead.
 SWEEP_BATCH = 500
+# Tokens a chat template may add around a prompt (role markers, system prompt).
+PROMPT_TEMPLATE_ALLOWANCE_TOKENS = 512
 
 
 def _requirements(row: JobRecord) -> Requirements:
@@ -498,6 +501,12 @@ async def _check_miner_signature(
     return document
 
 
+def _prompt_token_bound(prompt: str) -> int:
+    """Most prompt tokens a miner may charge for: no tokenizer makes more tokens than
+    the text has bytes, plus what a chat template adds around it."""
+    return len(prompt.encode("utf-8")) + PROMPT_TEMPLATE_ALLOWANCE_TOKENS
+
+
 def _unix(moment: datetime) -> int:
     return math.floor(moment.timestamp())
 
@@ -546,6 +555,13 @@ async def complete(
                     f"max_tokens {max_tokens}",
                     error_code="usage_exceeds_max_tokens",
                 )
+            if prompt_tokens > _prompt_token_bound(row.prompt):
+                raise ValidationFailed(
+                    f"usage.prompt_tokens {prompt_tokens} is more than the prompt can hold "
+                    f"({_prompt_token_bound(row.prompt)}: its UTF-8 bytes plus "
+                    f"{PROMPT_TEMPLATE_ALLOWANCE_TOKENS} for a chat template)",
+                    error_code="usage_exceeds_prompt",
+                )
             terms = ReceiptTerms(
                 receipt_id=receipt_id,
                 job_id=job_id,
@@ -561,6 +577,11 @@ async def complete(
                 result_hash=digest,
                 miner_signature=miner_signature,
             )
+            if terms.price_micro > MAX_SUPPLY_MICRO:
+                raise ValidationFailed(
+                    "the receipt's price would exceed the total AIT supply",
+                    error_code="price_exceeds_supply",
+                )
             signed = sign_receipt(receipt_body(terms), signer)
             document = signed.canonical.decode("utf-8")
             receipt_queries.insert_receipt(

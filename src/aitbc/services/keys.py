@@ -44,21 +44,26 @@ log = logging.getLogger(__name__)
 MINER_KEYS_CACHE_SECONDS = 5.0
 
 
-def _write_private(path: Path, key: SigningKey) -> None:
-    """Write ``key`` to ``path`` atomically with mode 0600."""
+def _stage_private(path: Path, key: SigningKey) -> Path:
+    """Write ``key`` (mode 0600, synced to disk) next to ``path``; the staged file."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(key.to_pem())
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
+    return temporary
+
+
+def _write_private(path: Path, key: SigningKey) -> None:
+    """Write ``key`` to ``path`` atomically with mode 0600."""
+    os.replace(_stage_private(path, key), path)
 
 
 def load_or_create_key(settings: Settings, random_bytes: RandomBytes) -> tuple[SigningKey, bool]:
@@ -136,6 +141,9 @@ async def rotate(runtime: Runtime) -> PublicKey:
     path = runtime.settings.resolved_signing_key_file()
     new_key = SigningKey.from_seed(runtime.random_bytes(32))
     old_key = runtime.signing_key()
+    # The new key is safely on disk before anything changes: if the database step
+    # fails, nothing happened; if it succeeds, only a rename is left to do.
+    staged = _stage_private(path, new_key)
     # Nothing is awaited between reading the clock and swapping the key: a receipt
     # dated before ``now`` is signed by the old key, one dated after by the new one.
     now = runtime.clock()
@@ -149,8 +157,10 @@ async def rotate(runtime: Runtime) -> PublicKey:
         await transaction(runtime.engine, work)
     except BaseException:
         runtime.signer = old_key
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
         raise
-    _write_private(path, new_key)
+    os.replace(staged, path)
     log.info("signing key rotated: %s retired, %s current", old_key.key_id, new_key.key_id)
     return PublicKey.of(new_key, COORDINATOR_OWNER, now)
 

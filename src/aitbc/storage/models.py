@@ -195,17 +195,20 @@ class Receipt(Base):
 
     __tablename__ = "receipts"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Issue order: the listing order ("newest first"), exact even within one second.
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[str] = mapped_column(String(64), unique=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
     client_id: Mapped[str] = mapped_column(String(64))
     provider: Mapped[str] = mapped_column(String(128))
-    # Unix seconds, as in the receipt; the listing order.
+    # Unix seconds, as in the receipt.
     completed_at: Mapped[int] = mapped_column(BigInteger)
     key_id: Mapped[str] = mapped_column(String(16))
     document: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (
-        Index("ix_receipts_client_completed", "client_id", "completed_at"),
-        Index("ix_receipts_provider_completed", "provider", "completed_at"),
-        Index("ix_receipts_completed", "completed_at"),
+        Index("ix_receipts_client_seq", "client_id", "seq"),
+        Index("ix_receipts_provider_seq", "provider", "seq"),
     )

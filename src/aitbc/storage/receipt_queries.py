@@ -71,7 +71,7 @@ def receipt_page(
         statement = statement.where(R.client_id == client_id)
     if provider is not None:
         statement = statement.where(R.provider == provider)
-    statement = statement.order_by(R.completed_at.desc(), R.id.desc()).limit(limit).offset(offset)
+    statement = statement.order_by(R.seq.desc()).limit(limit).offset(offset)
     return list(connection.execute(statement).scalars())
 
 

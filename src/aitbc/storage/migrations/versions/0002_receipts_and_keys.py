@@ -35,6 +35,12 @@ def upgrade() -> None:
 
     op.create_table(
         "receipts",
+        sa.Column(
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
         sa.Column("id", sa.String(length=64), nullable=False),
         sa.Column("job_id", sa.String(length=64), nullable=False),
         sa.Column("client_id", sa.String(length=64), nullable=False),
@@ -43,21 +49,17 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(length=16), nullable=False),
         sa.Column("document", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"]),
-        sa.PrimaryKeyConstraint("id"),
+        sa.PrimaryKeyConstraint("seq"),
+        sa.UniqueConstraint("id"),
         sa.UniqueConstraint("job_id"),
     )
-    op.create_index("ix_receipts_client_completed", "receipts", ["client_id", "completed_at"])
-    op.create_index("ix_receipts_provider_completed", "receipts", ["provider", "completed_at"])
-    op.create_index("ix_receipts_completed", "receipts", ["completed_at"])
+    op.create_index("ix_receipts_client_seq", "receipts", ["client_id", "seq"])
+    op.create_index("ix_receipts_provider_seq", "receipts", ["provider", "seq"])
 
 
 def downgrade() -> None:
     """Revert this revision."""
-    for name in (
-        "ix_receipts_completed",
-        "ix_receipts_provider_completed",
-        "ix_receipts_client_completed",
-    ):
+    for name in ("ix_receipts_provider_seq", "ix_receipts_client_seq"):
         op.drop_index(name, table_name="receipts")
     op.drop_table("receipts")
     op.drop_index("ix_signing_keys_owner", table_name="signing_keys")
