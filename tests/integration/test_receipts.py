@@ -793,3 +793,33 @@ async def test_receipts_completed_in_the_same_second_are_listed_newest_first(
         completed.append(receipt_of(response)["receipt_id"])
     listed = ok(await coordinator.http.get("/v1/receipts", headers=client))
     assert [receipt["receipt_id"] for receipt in listed] == completed[::-1]
+
+
+async def test_a_configured_key_file_is_the_signing_key(tmp_path: Path, backend: str) -> None:
+    """``AITBC_SIGNING_KEY_FILE``: an operator's own key (outside the data dir) signs."""
+    from aitbc.settings import to_async_url
+    from tests.conftest import PG_URL, FakeClock, reset_postgres
+
+    if backend == "postgresql" and PG_URL:
+        await reset_postgres(to_async_url(PG_URL))
+    own = SigningKey.from_seed(bytes(range(100, 132)))
+    key_file = tmp_path / "secrets" / "coordinator.pem"
+    key_file.parent.mkdir()
+    key_file.write_bytes(own.to_pem())
+    key_file.chmod(0o600)
+    settings = make_settings(tmp_path, backend, signing_key_file=key_file)
+    app = create_app(settings, clock=FakeClock(), run_sweeper=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            coordinator = Coordinator(app=app, http=http, clock=FakeClock(), backend=backend)
+            [entry] = (await keys_document(coordinator))["keys"]
+            assert entry["key_id"] == own.key_id
+            assert entry["public_key"] == own.public_key_b64
+            _client_id, client = await coordinator.new_client()
+            miner = await coordinator.new_miner("m1")
+            _job_id, response = await run_job(coordinator, client, "m1", miner)
+            receipt = receipt_of(response)
+            assert receipt["signature"]["key_id"] == own.key_id
+    # Nothing was generated in the data dir.
+    assert not (settings.data_dir / "coordinator_ed25519.pem").exists()
