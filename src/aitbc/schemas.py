@@ -66,6 +66,11 @@ class JobParams(StrictRequest):
         default=None, max_length=16
     )
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    mode: Literal["chat", "completion"] = Field(
+        default="chat",
+        description='"chat": the prompt is a user message in the model\'s chat template; '
+        '"completion": the prompt is continued as plain text',
+    )
 
 
 class JobRequirements(StrictRequest):

@@ -92,7 +92,8 @@ async def test_time_estimate_learns_from_completed_jobs(coordinator: Coordinator
     await claim_ok(coordinator, first["job_id"], "m1", miner)
     coordinator.clock.advance(10)  # ran 10 s for 50 completion tokens: 5 tokens/s
     usage = {"prompt_tokens": 3, "completion_tokens": 50}
-    ok(await complete(coordinator, first["job_id"], "m1", miner, usage=usage))
+    result = "word " * 50  # room for the 50 tokens it charges
+    ok(await complete(coordinator, first["job_id"], "m1", miner, result=result, usage=usage))
 
     coordinator.clock.advance(6)  # past the estimate cache's refresh interval
     second = await coordinator.submit(client, params={"max_tokens": 100})

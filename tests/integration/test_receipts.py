@@ -5,6 +5,7 @@ rotation, the key file, and a restart keeping the key."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import stat
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ import rfc8785
 
 from aitbc.api import create_app
 from aitbc.domain.receipts import miner_statement, sign_miner_statement, text_hash, verify_receipt
-from aitbc.domain.signing import KeyRing, SigningKey
+from aitbc.domain.signing import KeyRing, SigningKey, b64url_encode
 from aitbc.errors import VerificationFailed
 from tests.conftest import Coordinator, make_settings
 from tests.integration.helpers import MODEL, assert_error, claim_ok, complete, get_job, ok
@@ -100,17 +101,23 @@ async def run_job(
     client: dict[str, str],
     miner_id: str,
     miner: dict[str, str],
-    result: str = "Hello!",
+    result: str | None = None,
     usage: dict[str, int] | None = None,
     seconds: float = 1,
     **job: Any,
 ) -> tuple[str, httpx.Response]:
-    """Submit, claim, let ``seconds`` pass, complete: the job id and the completion."""
+    """Submit, claim, let ``seconds`` pass, complete: the job id and the completion.
+
+    The default result has one byte per completion token charged, the least the
+    coordinator accepts for that usage."""
+    usage = usage or USAGE
+    if result is None:
+        result = "x" * max(6, usage["completion_tokens"])
     submitted = await coordinator.submit(client, **job)
     await claim_ok(coordinator, submitted["job_id"], miner_id, miner)
     coordinator.clock.advance(seconds)
     response = await complete(
-        coordinator, submitted["job_id"], miner_id, miner, result=result, usage=usage or USAGE
+        coordinator, submitted["job_id"], miner_id, miner, result=result, usage=usage
     )
     return submitted["job_id"], response
 
@@ -241,7 +248,7 @@ async def test_price_is_the_miners_price_at_claim(coordinator: Coordinator) -> N
 
     usage = {"prompt_tokens": 100, "completion_tokens": 700}
     first_receipt = receipt_of(
-        await complete(coordinator, first["job_id"], "m1", miner, usage=usage)
+        await complete(coordinator, first["job_id"], "m1", miner, result="x" * 700, usage=usage)
     )
     assert first_receipt["unit_price"] == 0.5
     assert first_receipt["price"] == 0.4
@@ -638,7 +645,8 @@ async def test_rotation_by_admin_keeps_old_receipts_verifiable(coordinator: Coor
     by_id = {entry["key_id"]: entry for entry in after["keys"]}
     assert set(by_id) == {old_entry["key_id"], new_entry["key_id"]}
     assert by_id[old_entry["key_id"]]["status"] == "retired"
-    assert by_id[old_entry["key_id"]]["valid_until"] == "2026-02-13T10:00:15Z"
+    # Retired at the rotation plus the overlap in-flight completions may still use.
+    assert by_id[old_entry["key_id"]]["valid_until"] == "2026-02-13T10:01:15Z"
     assert by_id[old_entry["key_id"]]["public_key"] == old_entry["public_key"]
     assert by_id[new_entry["key_id"]] == new_entry
 
@@ -763,13 +771,22 @@ async def test_receipt_price_beyond_total_supply_is_never_signed(
     miner = await coordinator.new_miner("m1", price=1_000_000_000)
     job = await coordinator.submit(client, params={"max_tokens": 32_768})
     await claim_ok(coordinator, job["job_id"], "m1", miner)
+    long_result = "x" * 32_768
     # More prompt tokens than the prompt can hold is refused outright...
     usage = {"prompt_tokens": 10_000_000, "completion_tokens": 32_768}
-    response = await complete(coordinator, job["job_id"], "m1", miner, usage=usage)
+    response = await complete(
+        coordinator, job["job_id"], "m1", miner, result=long_result, usage=usage
+    )
     assert_error(response, 422, "usage_exceeds_prompt")
-    # ...and a price beyond the total supply is never signed.
+    # ...so are more completion tokens than the result can hold (an empty result
+    # billed at max_tokens)...
     usage = {"prompt_tokens": 3, "completion_tokens": 32_768}
-    response = await complete(coordinator, job["job_id"], "m1", miner, usage=usage)
+    response = await complete(coordinator, job["job_id"], "m1", miner, result="", usage=usage)
+    assert_error(response, 422, "usage_exceeds_result")
+    # ...and a price beyond the total supply is never signed.
+    response = await complete(
+        coordinator, job["job_id"], "m1", miner, result=long_result, usage=usage
+    )
     assert_error(response, 422, "price_exceeds_supply")
     assert (await get_job(coordinator, job["job_id"], client))["status"] == "running"
 
@@ -823,3 +840,73 @@ async def test_a_configured_key_file_is_the_signing_key(tmp_path: Path, backend:
             assert receipt["signature"]["key_id"] == own.key_id
     # Nothing was generated in the data dir.
     assert not (settings.data_dir / "coordinator_ed25519.pem").exists()
+
+
+async def test_a_small_order_miner_key_is_refused(coordinator: Coordinator) -> None:
+    """The identity point's one signature verifies for every message: refused."""
+    identity_point = b64url_encode(bytes([1]) + bytes(31))
+    response = await register(coordinator, miner_id="m-weak", public_key=identity_point)
+    assert_error(response, 422, "invalid_public_key")
+
+
+async def test_concurrent_rotations_leave_one_current_key(coordinator: Coordinator) -> None:
+    """Rotations are serialized: each retires the key before it, one stays current."""
+    _client_id, client = await coordinator.new_client()
+    miner = await coordinator.new_miner("m1")
+    _job_id, first = await run_job(coordinator, client, "m1", miner)
+    rotations = await asyncio.gather(
+        *(
+            coordinator.http.post("/v1/admin/keys/rotate", headers=coordinator.admin_headers)
+            for _ in range(3)
+        )
+    )
+    assert [response.status_code for response in rotations] == [201, 201, 201]
+    _job_id, last = await run_job(coordinator, client, "m1", miner)
+    keys = (await keys_document(coordinator))["keys"]
+    assert sorted(key["status"] for key in keys) == ["current", "retired", "retired", "retired"]
+    [current] = [key for key in keys if key["status"] == "current"]
+    assert coordinator.runtime.signing_key().key_id == current["key_id"]
+    key_file = coordinator.runtime.settings.resolved_signing_key_file()
+    assert SigningKey.from_pem(key_file.read_bytes()).key_id == current["key_id"]
+    assert not [p for p in key_file.parent.iterdir() if p.name.endswith(".tmp")]
+    pinned = KeyRing.from_document({"keys": keys})
+    verify_receipt(receipt_of(first), pinned)
+    assert receipt_of(last)["signature"]["key_id"] == current["key_id"]
+    verify_receipt(receipt_of(last), pinned)
+
+
+async def test_a_rotation_whose_database_step_fails_changes_nothing(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aitbc.errors import ServiceUnavailable
+    from aitbc.services import keys as key_service
+
+    before = await keys_document(coordinator)
+    key_file = coordinator.runtime.settings.resolved_signing_key_file()
+    file_before = key_file.read_bytes()
+
+    async def unavailable(*_args: Any, **_kwargs: Any) -> None:
+        raise ServiceUnavailable("down", error_code="database_unavailable")
+
+    monkeypatch.setattr(key_service, "transaction", unavailable)
+    response = await coordinator.http.post(
+        "/v1/admin/keys/rotate", headers=coordinator.admin_headers
+    )
+    assert_error(response, 503, "database_unavailable")
+    monkeypatch.undo()
+    assert await keys_document(coordinator) == before
+    assert coordinator.runtime.signing_key().key_id == before["keys"][0]["key_id"]
+    assert key_file.read_bytes() == file_before
+    assert not [p for p in key_file.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_a_configured_key_file_that_is_missing_stops_start_up(tmp_path: Path) -> None:
+    from aitbc.errors import InvalidRequest
+    from tests.conftest import FakeClock
+
+    settings = make_settings(tmp_path, "sqlite", signing_key_file=tmp_path / "typo.pem")
+    app = create_app(settings, clock=FakeClock(), run_sweeper=False)
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert not (tmp_path / "typo.pem").exists()

@@ -753,3 +753,33 @@ def test_miner_signature_with_extra_member_is_refused() -> None:
     with pytest.raises(VerificationFailed) as caught:
         verify_miner_signature(statement, signature, MINER_KEYS)
     assert caught.value.error_code == "malformed_miner_signature"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes([1]) + bytes(31),  # the identity point: one signature fits every message
+        bytes(32),  # a point of order 4 (y = 0)
+        bytes([0xEC]) + bytes([0xFF]) * 30 + bytes([0x7F]),  # y = p - 1: order 2
+        bytes([0xED]) + bytes([0xFF]) * 30 + bytes([0x7F]),  # y = p: not canonical
+    ],
+)
+def test_weak_public_keys_are_refused(raw: bytes) -> None:
+    from aitbc.domain.signing import PublicKey, b64url_encode, check_public_key
+
+    with pytest.raises(VerificationFailed) as caught:
+        check_public_key(raw)
+    assert caught.value.error_code == "weak_key"
+    with pytest.raises(VerificationFailed):
+        PublicKey.from_document({"public_key": b64url_encode(raw)})
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
+def test_key_dates_outside_what_utc_can_show_are_refused(when: str) -> None:
+    from aitbc.domain.signing import PublicKey, SigningKey
+
+    entry = PublicKey.of(SigningKey.from_seed(bytes(32)), "coordinator").to_document()
+    entry["valid_from"] = when
+    with pytest.raises(VerificationFailed) as caught:
+        PublicKey.from_document(entry)
+    assert caught.value.error_code == "malformed_key"

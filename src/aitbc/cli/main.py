@@ -212,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_flags(admin)
     admin.set_defaults(handler=cmd_admin)
 
+    from aitbc.cli import miner as miner_cli
     from aitbc.cli.receipts import add_parsers
 
     add_parsers(commands, _add_client_flags, _add_storage_flags)
+    miner_cli.add_parser(commands)
     return parser
 
 

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_CANNOT_RUN = 2
 HTTP_TIMEOUT_SECONDS = 30.0
+# What a receipt id can look like (anything else given to ``verify`` is a file name).
+RECEIPT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class CannotRun(Exception):
@@ -183,6 +186,8 @@ def _receipt_bytes(args: argparse.Namespace) -> bytes:
             return path.read_bytes()
         except OSError as exc:
             raise CannotRun(f"cannot read {path}: {exc}") from exc
+    if not RECEIPT_ID.fullmatch(source):
+        raise CannotRun(f"{source} is neither a file nor a receipt id")
     return _expect(_request(args, "GET", f"/v1/receipts/{source}")).content
 
 

@@ -67,6 +67,23 @@ def b64url_decode(text: Any, expected_bytes: int, what: str) -> bytes:
     return raw
 
 
+def check_public_key(raw: bytes, what: str = "public key") -> bytes:
+    """``raw`` if it is a canonical Ed25519 point of prime order; ``weak_key`` otherwise.
+
+    A small-order key (the identity point, for one) has signatures that verify for
+    every message, and OpenSSL's verify does not refuse it: such a key would let a
+    miner sign everything and nothing. libsodium's point check refuses it.
+    """
+    from nacl.bindings import crypto_core_ed25519_is_valid_point
+
+    if len(raw) != PUBLIC_KEY_BYTES or not crypto_core_ed25519_is_valid_point(raw):
+        raise VerificationFailed(
+            f"{what} is not a valid Ed25519 key (small-order or not a curve point)",
+            error_code="weak_key",
+        )
+    return raw
+
+
 def key_id_for(public_key: bytes) -> str:
     """The first 16 hex digits of SHA-256 of the raw public key."""
     return hashlib.sha256(public_key).hexdigest()[:KEY_ID_HEX_DIGITS]
@@ -208,7 +225,9 @@ class PublicKey:
                 f"key algorithm {entry.get('alg')!r} is not supported",
                 error_code="unsupported_algorithm",
             )
-        raw = b64url_decode(entry.get("public_key"), PUBLIC_KEY_BYTES, "public key")
+        raw = check_public_key(
+            b64url_decode(entry.get("public_key"), PUBLIC_KEY_BYTES, "public key")
+        )
         key_id = key_id_for(raw)
         if entry.get("key_id", key_id) != key_id:
             raise VerificationFailed(
@@ -240,11 +259,14 @@ def _parse_time(value: Any) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError as exc:
+        if moment.tzinfo is None:
+            raise VerificationFailed(
+                f"key date {value!r} has no time zone", error_code="malformed_key"
+            )
+        # Dates a UTC clock cannot show (year 0 or 10000 once shifted) are refused.
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise VerificationFailed(f"bad key date {value!r}", error_code="malformed_key") from exc
-    if moment.tzinfo is None:
-        raise VerificationFailed(f"key date {value!r} has no time zone", error_code="malformed_key")
-    return moment
 
 
 class KeyRing:

@@ -72,6 +72,8 @@ LEASE_LAPSED_ERROR_CODE = "lease_expired"
 SWEEP_BATCH = 500
 # Tokens a chat template may add around a prompt (role markers, system prompt).
 PROMPT_TEMPLATE_ALLOWANCE_TOKENS = 512
+# Tokens a generation may produce that leave no text (end-of-text, special tokens).
+COMPLETION_SPECIAL_ALLOWANCE_TOKENS = 16
 
 
 def _requirements(row: JobRecord) -> Requirements:
@@ -507,6 +509,15 @@ def _prompt_token_bound(prompt: str) -> int:
     return len(prompt.encode("utf-8")) + PROMPT_TEMPLATE_ALLOWANCE_TOKENS
 
 
+def _completion_token_bound(result: str, params: Mapping[str, Any]) -> int:
+    """Most completion tokens a miner may charge for: no token decodes to less than a
+    byte, except end-of-text and special tokens, and stop sequences the engine
+    generated and then cut from the text."""
+    stops = params.get("stop") or ()
+    stop_bytes = sum(len(str(stop).encode("utf-8")) for stop in stops)
+    return len(result.encode("utf-8")) + stop_bytes + COMPLETION_SPECIAL_ALLOWANCE_TOKENS
+
+
 def _unix(moment: datetime) -> int:
     return math.floor(moment.timestamp())
 
@@ -521,8 +532,9 @@ async def complete(
     """
     miner_id = job_result.miner_id
     require_miner(principal, miner_id)
-    # Sampled together, with nothing awaited in between: a key rotation dates the
-    # old key's retirement at the instant it swaps keys (see services.keys).
+    # Sampled together, with nothing awaited in between: a rotation publishes the
+    # new key before it switches to it and keeps the old one valid a while after
+    # (see services.keys.rotate), so this receipt's date lies in its key's period.
     now = runtime.clock()
     signer = runtime.signing_key()
     digest = result_digest(job_result.result)
@@ -555,6 +567,13 @@ async def complete(
                     f"max_tokens {max_tokens}",
                     error_code="usage_exceeds_max_tokens",
                 )
+            if completion_tokens > _completion_token_bound(job_result.result, row.params):
+                raise ValidationFailed(
+                    f"usage.completion_tokens {completion_tokens} is more than the result can "
+                    f"hold ({_completion_token_bound(job_result.result, row.params)}: its UTF-8 "
+                    "bytes plus stop sequences and end-of-text tokens)",
+                    error_code="usage_exceeds_result",
+                )
             if prompt_tokens > _prompt_token_bound(row.prompt):
                 raise ValidationFailed(
                     f"usage.prompt_tokens {prompt_tokens} is more than the prompt can hold "
@@ -571,7 +590,8 @@ async def complete(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 unit_price_micro=row.unit_price_micro or 0,
-                started_at=_unix(row.started_at or now),
+                # A wall clock stepped back must not date the start after the end.
+                started_at=min(_unix(row.started_at or now), _unix(now)),
                 completed_at=_unix(now),
                 input_hash=text_hash(row.prompt),
                 result_hash=digest,

@@ -15,8 +15,9 @@ import contextlib
 import logging
 import os
 import stat
+import tempfile
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from aitbc.domain.signing import (
     PublicKey,
     SigningKey,
     b64url_decode,
+    check_public_key,
     key_id_for,
 )
 from aitbc.errors import Conflict, InvalidRequest, VerificationFailed
@@ -42,14 +44,18 @@ log = logging.getLogger(__name__)
 # A key registered through another coordinator sharing the database is seen here
 # within this time (a signature by an unknown key also forces a fresh read).
 MINER_KEYS_CACHE_SECONDS = 5.0
+# After a rotation the old key stays valid this long: a completion that picked the
+# old key just before the switch still dates its receipt inside the key's period.
+ROTATION_OVERLAP_SECONDS = 60
 
 
 def _stage_private(path: Path, key: SigningKey) -> Path:
     """Write ``key`` (mode 0600, synced to disk) next to ``path``; the staged file."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A unique name (mode 0600 from the start): two writers never share a file.
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = Path(name)
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(key.to_pem())
             handle.flush()
@@ -78,11 +84,17 @@ def load_or_create_key(settings: Settings, random_bytes: RandomBytes) -> tuple[S
             log.warning("signing key %s is readable by others (mode %o); chmod 600 it", path, mode)
         try:
             return SigningKey.from_pem(path.read_bytes()), False
-        except ValueError as exc:
+        except (ValueError, TypeError, OSError) as exc:  # not a key, encrypted, unreadable
             raise InvalidRequest(
-                f"{path} does not hold an Ed25519 private key: {exc}",
+                f"{path} does not hold an unencrypted Ed25519 private key: {exc}",
                 error_code="bad_signing_key_file",
             ) from exc
+    if settings.signing_key_file is not None:
+        # A configured key is loaded, never invented: a typo must not mint a new key.
+        raise InvalidRequest(
+            f"the configured signing key file {path} does not exist",
+            error_code="signing_key_file_missing",
+        )
     key = SigningKey.from_seed(random_bytes(32))
     _write_private(path, key)
     return key, True
@@ -133,34 +145,40 @@ async def start(runtime: Runtime) -> Path | None:
 
 
 async def rotate(runtime: Runtime) -> PublicKey:
-    """Replace the signing key: the old one is retired now, the new one current from now.
+    """Replace the signing key: the new one is current from now, the old one retired.
 
-    The old private key is discarded (it must never sign again); its public key stays
-    published so the receipts it signed stay verifiable.
+    Order matters, so that every receipt is signed by a published key valid at its
+    ``completed_at``: the new key is written to disk (staged) first, then published
+    in the database, and only then does it replace the old key in memory. The old
+    key stays valid for ``ROTATION_OVERLAP_SECONDS`` more, for completions that
+    picked it before the switch. If the database step fails, nothing changed.
+    The old private key is discarded; its public key stays published so the
+    receipts it signed stay verifiable. Rotations are serialized.
     """
-    path = runtime.settings.resolved_signing_key_file()
-    new_key = SigningKey.from_seed(runtime.random_bytes(32))
-    old_key = runtime.signing_key()
-    # The new key is safely on disk before anything changes: if the database step
-    # fails, nothing happened; if it succeeds, only a rename is left to do.
-    staged = _stage_private(path, new_key)
-    # Nothing is awaited between reading the clock and swapping the key: a receipt
-    # dated before ``now`` is signed by the old key, one dated after by the new one.
-    now = runtime.clock()
-    runtime.signer = new_key
+    async with runtime.rotation_lock:
+        path = runtime.settings.resolved_signing_key_file()
+        new_key = SigningKey.from_seed(runtime.random_bytes(32))
+        old_key = runtime.signing_key()
+        staged = _stage_private(path, new_key)
+        now = runtime.clock()
+        retired_at = now + timedelta(seconds=ROTATION_OVERLAP_SECONDS)
 
-    def work(connection: Connection) -> None:
-        receipt_queries.retire_key(connection, old_key.key_id, now)
-        _publish(connection, new_key, now)
+        def work(connection: Connection) -> None:
+            receipt_queries.retire_key(connection, old_key.key_id, retired_at)
+            _publish(connection, new_key, now)
 
-    try:
-        await transaction(runtime.engine, work)
-    except BaseException:
-        runtime.signer = old_key
-        with contextlib.suppress(FileNotFoundError):
-            staged.unlink()
-        raise
-    os.replace(staged, path)
+        try:
+            await transaction(runtime.engine, work)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+            raise
+        runtime.signer = new_key
+        try:
+            os.replace(staged, path)
+        except OSError:
+            # Published and in use: only the file is behind. Say where the key is.
+            log.exception("could not move the new signing key %s into %s", staged, path)
     log.info("signing key rotated: %s retired, %s current", old_key.key_id, new_key.key_id)
     return PublicKey.of(new_key, COORDINATOR_OWNER, now)
 
@@ -190,7 +208,7 @@ async def published(runtime: Runtime, owner: str | None = None) -> dict[str, Any
 def parse_public_key(text: str) -> bytes:
     """A registration's ``public_key`` (base64url raw 32 bytes) as raw bytes; 422 if not."""
     try:
-        return b64url_decode(text, PUBLIC_KEY_BYTES, "public key")
+        return check_public_key(b64url_decode(text, PUBLIC_KEY_BYTES, "public key"))
     except VerificationFailed as exc:
         raise VerificationFailed(exc.detail, error_code="invalid_public_key") from exc
 

@@ -75,7 +75,9 @@ async def _register(
     public_key: bytes | None,
 ) -> MinerCredentials | None:
     async with runtime.sessions.begin() as session:
-        existing = await session.get(Miner, miner_id)
+        # Locked (PostgreSQL): two registrations of one miner, with keys, run one
+        # after the other, so it never ends with two current keys.
+        existing = await session.get(Miner, miner_id, with_for_update=True)
         if existing is not None:
             if principal is None or principal.role != "miner":
                 raise Conflict(

@@ -6,6 +6,7 @@ come from here so tests can pin them.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class Runtime:
     random_bytes: RandomBytes = secrets.token_bytes
     # The coordinator's current signing key, loaded at start-up (services.keys).
     signer: SigningKey | None = None
+    rotation_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Pending jobs handed to long-polling miners, as the Job document they receive.
     dispatcher: Dispatcher[JobDocument] = field(default_factory=Dispatcher)
     # SHA-256 of key -> principal, filled on first use. Keys cannot be revoked yet;

@@ -1,0 +1,43 @@
+"""Inference backends behind one interface (``base.Backend``), chosen by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aitbc.miner.backends.base import Backend, BackendError
+
+BACKENDS = ("llamacpp", "openai")
+
+
+def create_backend(
+    name: str,
+    *,
+    model: str | None,
+    model_path: Path | None = None,
+    concurrency: int = 1,
+    url: str | None = None,
+    api_key: str | None = None,
+) -> Backend:
+    """The backend ``name`` serving ``model`` (its default model, or every model its
+    server lists, when None)."""
+    if name == "llamacpp":
+        from aitbc.miner.backends.llamacpp import DEFAULT_MODEL_NAME, LlamaCppBackend
+
+        return LlamaCppBackend(
+            model_name=model or DEFAULT_MODEL_NAME, model_path=model_path, concurrency=concurrency
+        )
+    if name == "openai":
+        from aitbc.miner.backends.openai import OpenAIBackend
+
+        if not url:
+            raise BackendError(
+                "--backend openai needs --backend-url (e.g. http://127.0.0.1:8000)",
+                retryable=False,
+                error_code="backend_url_missing",
+            )
+        return OpenAIBackend(url, model=model, api_key=api_key)
+    raise BackendError(
+        f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}",
+        retryable=False,
+        error_code="unknown_backend",
+    )

@@ -1,0 +1,343 @@
+"""The miner daemon: register, heartbeat, long-poll, claim, run, report, complete.
+
+Tasks, all on one event loop:
+
+- **heartbeat**: every ``heartbeat_seconds`` whatever the jobs are doing; lists the
+  jobs the miner holds (running, or finished and not yet delivered) so their
+  leases stay renewed, and stops those the coordinator lists as cancelled;
+- **poll**: while a slot of ``concurrency`` is free, long-poll for a job and claim it;
+- **one task per job**: generate on the backend, report progress as tokens come
+  (the answer's ``should_stop`` cancels), then keep the result on disk and deliver it;
+- **outbox**: re-send kept results until the coordinator acknowledges them.
+
+Stopping (SIGINT/SIGTERM): no new work is taken, running jobs get
+``grace_seconds`` to finish, the rest are stopped and reported as retryable
+failures, and kept results get one more delivery attempt before exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from aitbc.domain.receipts import miner_statement, sign_miner_statement, text_hash
+from aitbc.miner import hardware as hardware_probe
+from aitbc.miner.backends.base import (
+    Backend,
+    BackendError,
+    GenerationCancelled,
+    GenerationControl,
+    GenerationRequest,
+)
+from aitbc.miner.client import CoordinatorClient, CoordinatorUnavailable, Refused, with_backoff
+from aitbc.miner.state import Identity, MinerState
+
+log = logging.getLogger(__name__)
+
+# Answers to a completion that no resend can change: drop the kept result.
+FINAL_COMPLETION_STATUSES = frozenset({400, 403, 404, 409, 413, 422})
+
+
+@dataclass
+class MinerConfig:
+    """How the daemon behaves; flags of ``aitbc miner``."""
+
+    coordinator_url: str
+    data_dir: Path
+    miner_id: str | None = None
+    price: Decimal = Decimal("0")
+    concurrency: int = 1
+    heartbeat_seconds: float = 5.0
+    poll_wait_seconds: float = 20.0
+    progress_seconds: float = 0.5
+    grace_seconds: float = 10.0
+    outbox_retry_seconds: float = 2.0
+
+
+def default_miner_id() -> str:
+    """A readable, unique id: the host name plus a random suffix."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40] or "miner"
+    return f"{host}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class _Running:
+    job_id: str
+    max_tokens: int
+    control: GenerationControl = field(default_factory=GenerationControl)
+    produced: int = 0
+    stopped_by_coordinator: bool = False
+
+
+class Miner:
+    """One miner process serving one backend."""
+
+    def __init__(self, config: MinerConfig, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.state = MinerState(config.data_dir)
+        self.client = CoordinatorClient(config.coordinator_url)
+        self.key = self.state.signing_key(secrets.token_bytes)
+        self.hardware = hardware_probe.detect()
+        self.running: dict[str, _Running] = {}
+        self.kept: dict[str, dict[str, Any]] = {}
+        self.miner_id = ""
+        self.stopping = asyncio.Event()
+        self.slots = asyncio.Semaphore(max(1, config.concurrency))
+        self.rng = random.Random()  # noqa: S311 - jitter, not secrets
+        self._job_tasks: set[asyncio.Task[None]] = set()
+        self.completed = 0
+
+    # --- start-up ---------------------------------------------------------------
+
+    def _registration(self) -> dict[str, Any]:
+        return {
+            "miner_id": self.miner_id,
+            "capabilities": self.backend.models(),
+            "gpu_info": self.hardware.gpu_info(),
+            "price": str(self.config.price),
+            "public_key": self.key.public_key_b64,
+        }
+
+    async def register(self) -> None:
+        """Register on first start (keeping the key shown once) or update on restart."""
+        url = self.config.coordinator_url.rstrip("/")
+        identity = self.state.load_identity()
+        if identity is not None and identity.coordinator_url == url:
+            self.miner_id = identity.miner_id
+            self.client.api_key = identity.api_key
+            await with_backoff(
+                lambda: self.client.register(self._registration()),
+                what="updating the registration",
+            )
+            log.info("miner %s re-registered at %s", self.miner_id, url)
+            return
+        self.miner_id = self.config.miner_id or default_miner_id()
+        self.client.api_key = None
+        api_key = await with_backoff(
+            lambda: self.client.register(self._registration()), what="registering"
+        )
+        if api_key is None:  # pragma: no cover - only with a key, which we do not send
+            raise RuntimeError("registration returned no API key")
+        self.client.api_key = api_key
+        self.state.save_identity(Identity(self.miner_id, api_key, url))
+        log.info(
+            "miner %s registered at %s; key kept in %s", self.miner_id, url, self.state.data_dir
+        )
+
+    # --- the main loop --------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down gracefully."""
+        await self.backend.start()
+        try:
+            await self.register()
+            self.kept = self.state.kept()
+            heartbeat = asyncio.create_task(self._heartbeat_loop())
+            outbox = asyncio.create_task(self._outbox_loop())
+            poll = asyncio.create_task(self._poll_loop())
+            await stop.wait()
+            log.info("stopping: no new jobs; %d running", len(self.running))
+            self.stopping.set()
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+            await self._drain()
+            outbox.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await outbox
+            await self._deliver_kept(final=True)
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        finally:
+            await self.client.close()
+            await self.backend.close()
+
+    async def _drain(self) -> None:
+        """Let running jobs finish within the grace period, then stop the rest."""
+        if self._job_tasks:
+            _done, pending = await asyncio.wait(
+                set(self._job_tasks), timeout=self.config.grace_seconds
+            )
+            for running in list(self.running.values()):
+                running.control.cancelled.set()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await self.slots.acquire()
+            try:
+                job = await with_backoff(
+                    lambda: self.client.next_job(self.miner_id, self.config.poll_wait_seconds),
+                    what="polling for jobs",
+                )
+                if job is None:
+                    self.slots.release()
+                    continue
+                try:
+                    job = await self.client.claim(job["job_id"], self.miner_id)
+                except (Refused, CoordinatorUnavailable) as exc:
+                    log.info("could not claim %s: %s", job["job_id"], exc)
+                    self.slots.release()
+                    continue
+            except BaseException:
+                self.slots.release()
+                raise
+            task = asyncio.create_task(self._run_job(job))
+            self._job_tasks.add(task)
+            task.add_done_callback(self._job_tasks.discard)
+
+    # --- one job --------------------------------------------------------------------
+
+    async def _run_job(self, job: dict[str, Any]) -> None:
+        job_id = job["job_id"]
+        request = GenerationRequest.from_job(job)
+        running = _Running(job_id, request.max_tokens)
+        running.control.on_token = lambda produced: setattr(running, "produced", produced)
+        self.running[job_id] = running
+        reporter = asyncio.create_task(self._report_progress(running))
+        try:
+            generation = await self.backend.generate(request, running.control)
+        except GenerationCancelled:
+            if running.stopped_by_coordinator:
+                log.info("job %s stopped: cancelled or no longer ours", job_id)
+            else:
+                await self._fail(job_id, "miner shutting down", retryable=True)
+            return
+        except BackendError as exc:
+            log.warning("job %s failed: %s (%s)", job_id, exc, exc.error_code)
+            await self._fail(job_id, f"{exc.error_code}: {exc}", retryable=exc.retryable)
+            return
+        except Exception as exc:  # a backend bug must not take the daemon down
+            log.exception("job %s: backend crashed", job_id)
+            await self._fail(job_id, f"backend_error: {exc!r}", retryable=True)
+            return
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            self.running.pop(job_id, None)
+            self.slots.release()
+        units = generation.prompt_tokens + generation.completion_tokens
+        statement = miner_statement(job_id, self.miner_id, text_hash(generation.text), units)
+        completion = {
+            "miner_id": self.miner_id,
+            "result": generation.text,
+            "usage": {
+                "prompt_tokens": generation.prompt_tokens,
+                "completion_tokens": generation.completion_tokens,
+            },
+            "miner_signature": sign_miner_statement(self.key, statement),
+        }
+        # On disk before the first send: an outage or a crash cannot lose it.
+        self.state.keep(job_id, completion)
+        self.kept[job_id] = completion
+        await self._deliver(job_id, completion)
+
+    async def _report_progress(self, running: _Running) -> None:
+        reported = -1
+        while True:
+            await asyncio.sleep(self.config.progress_seconds)
+            percent = min(99, 100 * running.produced // max(1, running.max_tokens))
+            if percent == reported and not self.stopping.is_set():
+                continue
+            try:
+                should_stop = await self.client.progress(running.job_id, self.miner_id, percent)
+            except CoordinatorUnavailable:
+                continue  # the heartbeat keeps the lease; try again next tick
+            except Refused as exc:
+                should_stop = exc.status in (404, 409)
+            reported = percent
+            if should_stop:
+                running.stopped_by_coordinator = True
+                running.control.cancelled.set()
+                return
+
+    async def _fail(self, job_id: str, error: str, *, retryable: bool) -> None:
+        try:
+            await with_backoff(
+                lambda: self.client.fail(job_id, self.miner_id, error, retryable),
+                what=f"reporting {job_id} as failed",
+                stop=self.stopping if not self.stopping.is_set() else None,
+            )
+        except (Refused, CoordinatorUnavailable) as exc:
+            log.info("failure report for %s not taken: %s", job_id, exc)
+
+    async def _deliver(self, job_id: str, completion: dict[str, Any]) -> bool:
+        """One delivery attempt; True once the result needs no more sending."""
+        try:
+            receipt = await self.client.complete(job_id, completion)
+        except CoordinatorUnavailable as exc:
+            log.warning("result of %s kept for later: %s", job_id, exc)
+            return False
+        except Refused as exc:
+            if exc.status not in FINAL_COMPLETION_STATUSES:
+                return False
+            log.warning("result of %s refused for good: %s", job_id, exc)
+        else:
+            self.completed += 1
+            log.info(
+                "job %s completed: receipt %s, %s tokens, %s AIT",
+                job_id,
+                receipt.get("receipt_id"),
+                receipt.get("units"),
+                receipt.get("price"),
+            )
+        self.state.delivered(job_id)
+        self.kept.pop(job_id, None)
+        return True
+
+    async def _deliver_kept(self, *, final: bool = False) -> None:
+        for job_id, completion in list(self.kept.items()):
+            if not await self._deliver(job_id, completion) and final:
+                log.warning(
+                    "result of %s stays in %s for the next start", job_id, self.state.outbox_dir
+                )
+
+    async def _outbox_loop(self) -> None:
+        attempt = 0
+        while True:
+            if self.kept:
+                before = len(self.kept)
+                await self._deliver_kept()
+                attempt = 0 if len(self.kept) < before else attempt + 1
+            delay = self.config.outbox_retry_seconds * min(8, 2**attempt)
+            await asyncio.sleep(self.rng.uniform(0.5 * delay, delay))
+
+    # --- heartbeats ----------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            status = (
+                "draining"
+                if self.stopping.is_set()
+                else ("busy" if len(self.running) >= self.config.concurrency else "online")
+            )
+            beat = {
+                "status": status,
+                "utilisation": hardware_probe.utilisation(self.hardware),
+                "running_jobs": sorted({*self.running, *self.kept}),
+            }
+            try:
+                for job_id in await self.client.heartbeat(self.miner_id, beat):
+                    running = self.running.get(job_id)
+                    if running is not None:
+                        running.stopped_by_coordinator = True
+                        running.control.cancelled.set()
+            except (CoordinatorUnavailable, Refused) as exc:
+                log.warning("heartbeat failed: %s", exc)
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.0, self.config.heartbeat_seconds - elapsed))
