@@ -1,19 +1,21 @@
-"""``aitbc demo``: a coordinator on this machine and one job through its lifecycle.
+"""``aitbc demo``: everything on one machine, for real.
 
-The demo plays both the client and the miner over plain HTTP, so every step a real
-miner daemon takes (register with a public key, long-poll, claim, progress, complete
-with a signature) is visible, then verifies the signed receipt offline the way any
-third party would. It runs no model: the miner's answer says so, instead of
-pretending to be model output.
+Starts a coordinator and a miner daemon (the bundled SmolLM2 model on llama.cpp),
+submits a job as a client, prints the model's answer, then fetches the job's
+signed receipt and verifies it offline against the coordinator's key, pinned
+before any receipt existed, the way any third party would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import secrets
+import logging
 import socket
 import tempfile
+import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +23,15 @@ import httpx
 import uvicorn
 
 from aitbc.api import create_app
-from aitbc.domain.receipts import miner_statement, sign_miner_statement, text_hash
-from aitbc.domain.signing import KeyRing, SigningKey
+from aitbc.domain.signing import KeyRing
+from aitbc.miner.backends.llamacpp import DEFAULT_MODEL_NAME, LlamaCppBackend
+from aitbc.miner.daemon import Miner, MinerConfig
 from aitbc.sdk import verify_receipt
 from aitbc.settings import Settings
 
 DEMO_MINER_ID = "demo-miner"
-DEMO_MODEL = "smollm2-135m"
+DEMO_PROMPT = "Name three uses of a GPU."
+JOB_TIMEOUT_SECONDS = 120
 
 
 def _free_port() -> int:
@@ -51,10 +55,14 @@ async def _expect(response: httpx.Response, status: int) -> Any:
 
 
 async def run_demo(port: int = 0, keep_running: bool = False) -> int:
-    """Start the coordinator in-process and drive one job; return an exit status."""
+    """Start coordinator and miner in this process and run one job; an exit status."""
+    logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="aitbc-demo-") as data_dir:
         port = port or _free_port()
-        settings = Settings(data_dir=Path(data_dir), port=port, default_model=DEMO_MODEL)
+        base = f"http://127.0.0.1:{port}"
+        settings = Settings(
+            data_dir=Path(data_dir) / "coordinator", port=port, default_model=DEFAULT_MODEL_NAME
+        )
         server = uvicorn.Server(
             uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
         )
@@ -63,122 +71,100 @@ async def run_demo(port: int = 0, keep_running: bool = False) -> int:
             if serving.done():
                 return 1
             await asyncio.sleep(0.05)
-        base = f"http://127.0.0.1:{port}"
-        _say("coordinator", f"listening on {base} (SQLite in {data_dir})")
+        _say("coordinator", f"listening on {base} (SQLite in {settings.data_dir})")
+        miner = Miner(
+            MinerConfig(
+                coordinator_url=base,
+                data_dir=Path(data_dir) / "miner",
+                miner_id=DEMO_MINER_ID,
+                price=Decimal("0.02"),
+                heartbeat_seconds=2,
+            ),
+            LlamaCppBackend(),
+        )
+        stop_miner = asyncio.Event()
+        mining = asyncio.create_task(miner.run(stop_miner))
         try:
             async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-                await _walk_through(http)
+                await _walk_through(http, miner, mining)
             if keep_running:
                 _say("coordinator", "still running; Ctrl-C to stop")
                 await serving
         finally:
+            stop_miner.set()
+            with contextlib.suppress(Exception):
+                await mining
             server.should_exit = True
             await serving
     return 0
 
 
-async def _walk_through(http: httpx.AsyncClient) -> None:
-    health = await _expect(await http.get("/health"), 200)
-    _say("coordinator", f"health: {health}")
-    # What a verifier does once: fetch the coordinator's public keys and pin them.
-    pinned = KeyRing.from_document(await _expect(await http.get("/v1/keys"), 200))
-    _say("client", f"pinned coordinator key(s): {', '.join(k.key_id for k in pinned)}")
-    miner_key = SigningKey.from_seed(secrets.token_bytes(32))
+async def _wait_for_miner(http: httpx.AsyncClient, mining: asyncio.Task[None]) -> None:
+    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if mining.done():
+            mining.result()  # raises the miner's start-up error
+            raise RuntimeError("the miner stopped")
+        response = await http.get("/v1/keys", params={"owner": DEMO_MINER_ID})
+        if response.status_code == 200 and response.json()["keys"]:
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError("the miner did not register")
 
-    miner_creds = await _expect(
-        await http.post(
-            "/v1/miners/register",
-            json={
-                "miner_id": DEMO_MINER_ID,
-                "capabilities": [DEMO_MODEL],
-                "gpu_info": {"name": "CPU", "memory": 0, "count": 0},
-                "price": 0.02,
-                "public_key": miner_key.public_key_b64,
-            },
-        ),
-        201,
-    )
-    miner = {"X-Api-Key": miner_creds["api_key"]}
+
+async def _walk_through(http: httpx.AsyncClient, miner: Miner, mining: asyncio.Task[None]) -> None:
+    health = await _expect(await http.get("/health"), 200)
+    _say("coordinator", f"health: {health['status']}, database {health['database']}")
+    # What a verifier does once, before trusting anything: pin the coordinator's keys.
+    pinned = KeyRing.from_document(await _expect(await http.get("/v1/keys"), 200))
+    _say("client", f"pinned coordinator key {', '.join(k.key_id for k in pinned)}")
+
+    await _wait_for_miner(http, mining)
     _say(
         "miner",
-        f"registered {DEMO_MINER_ID} serving {DEMO_MODEL} at 0.02 AIT / 1k tokens, "
-        f"signing key {miner_key.key_id}",
+        f"{DEMO_MINER_ID} registered: serves {', '.join(miner.backend.models())} on llama.cpp, "
+        f"0.02 AIT per 1,000 tokens, signing key {miner.key.key_id}",
     )
 
-    client_creds = await _expect(await http.post("/v1/clients/register", json={}), 201)
-    client = {"X-Api-Key": client_creds["api_key"]}
-    _say("client", f"registered as {client_creds['client_id']}")
-
-    poll = asyncio.create_task(
-        http.get(
-            "/v1/jobs/available", params={"miner_id": DEMO_MINER_ID, "wait": 10}, headers=miner
-        )
-    )
-    await asyncio.sleep(0.2)
-    _say("miner", "long-polling for work ...")
-
+    credentials = await _expect(await http.post("/v1/clients/register", json={}), 201)
+    client = {"X-Api-Key": credentials["api_key"]}
+    _say("client", f"registered as {credentials['client_id']}")
     job = await _expect(
         await http.post(
             "/v1/jobs",
             headers=client,
             json={
-                "prompt": "Name three uses of a GPU.",
-                "model": DEMO_MODEL,
-                "params": {"max_tokens": 64},
-                "priority": "high",
+                "prompt": DEMO_PROMPT,
+                "model": DEFAULT_MODEL_NAME,
+                "params": {"max_tokens": 96, "seed": 42},
             },
         ),
         201,
     )
+    _say("client", f"submitted {job['job_id']}: {DEMO_PROMPT!r}")
+
+    started = time.monotonic()
+    final: dict[str, Any] = {}
+    while time.monotonic() - started < JOB_TIMEOUT_SECONDS:
+        # Once a second: the client's rate limit is 60 requests a minute.
+        await asyncio.sleep(1.0)
+        response = await http.get(f"/v1/jobs/{job['job_id']}", headers=client)
+        if response.status_code == 429:
+            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            continue
+        final = await _expect(response, 200)
+        if final["status"] in ("completed", "failed", "cancelled"):
+            break
+    if final.get("status") != "completed":
+        raise RuntimeError(f"the job ended {final.get('status')}: {final.get('error')}")
+    usage = final["usage"]
     _say(
-        "client",
-        f"submitted {job['job_id']}: status={job['status']}, "
-        f"estimated_cost={job['estimated_cost']} AIT",
+        "miner",
+        f"ran it in {time.monotonic() - started:.1f} s: {usage['prompt_tokens']} prompt + "
+        f"{usage['completion_tokens']} completion tokens",
     )
+    _say("client", "answer:\n" + final["result"].strip())
 
-    offered = await _expect(await poll, 200)
-    _say("miner", f"was handed {offered['job_id']}")
-    claimed = await _expect(
-        await http.post(
-            f"/v1/jobs/{offered['job_id']}/claim", json={"miner_id": DEMO_MINER_ID}, headers=miner
-        ),
-        200,
-    )
-    _say("miner", f"claimed it: status={claimed['status']}, attempt {claimed['attempts']}")
-    await _expect(
-        await http.post(
-            f"/v1/jobs/{offered['job_id']}/progress",
-            json={"miner_id": DEMO_MINER_ID, "progress": 50},
-            headers=miner,
-        ),
-        200,
-    )
-    _say("miner", "reported 50% progress")
-    result = (
-        "(aitbc demo: no model ran; `aitbc miner` runs a real one. "
-        "This text was sent by the demo playing the miner.)"
-    )
-    usage = {"prompt_tokens": 7, "completion_tokens": 20}
-    statement = miner_statement(
-        offered["job_id"], DEMO_MINER_ID, text_hash(result), sum(usage.values())
-    )
-    receipt = await _expect(
-        await http.post(
-            f"/v1/jobs/{offered['job_id']}/complete",
-            json={
-                "miner_id": DEMO_MINER_ID,
-                "result": result,
-                "usage": usage,
-                "miner_signature": sign_miner_statement(miner_key, statement),
-            },
-            headers=miner,
-        ),
-        200,
-    )
-    _say("miner", f"completed it (result signed) and got receipt {receipt['receipt_id']}")
-
-    final = await _expect(await http.get(f"/v1/jobs/{job['job_id']}", headers=client), 200)
-    _say("client", f"job is {final['status']}; result: {final['result']}")
     response = await http.get(f"/v1/jobs/{job['job_id']}/receipt", headers=client)
     await _expect(response, 200)
     _say("client", f"receipt: {json.dumps(json.loads(response.content), indent=2)}")
@@ -194,7 +180,3 @@ async def _walk_through(http: httpx.AsyncClient) -> None:
         f"{verified.miner_key.key_id if verified.miner_key else '-'}, result hash matches; "
         f"paid {verified.receipt['price']} AIT for {verified.receipt['units']} tokens",
     )
-    stats = await _expect(
-        await http.get("/v1/jobs", headers=client, params={"status": "completed"}), 200
-    )
-    _say("client", f"completed jobs: {stats['total']}")

@@ -79,9 +79,10 @@ def add_parser(commands: Any) -> None:
     miner.add_argument(
         "--backend",
         default="llamacpp",
-        help="llamacpp (default, in process) or openai (an OpenAI-compatible server)",
+        help="llamacpp (default, in process), openai (an OpenAI-compatible server) "
+        "or ollama (an Ollama server, default http://127.0.0.1:11434)",
     )
-    miner.add_argument("--backend-url", help="the server of the openai backend")
+    miner.add_argument("--backend-url", help="the server of the openai or ollama backend")
     miner.add_argument("--backend-api-key", help="its bearer token ($AITBC_BACKEND_API_KEY)")
     miner.add_argument("--model", help="model name to serve (default: smollm2-135m)")
     miner.add_argument("--model-path", help="a GGUF file (default: the bundled SmolLM2)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aitbc.miner.backends.base import Backend, BackendError
 
-BACKENDS = ("llamacpp", "openai")
+BACKENDS = ("llamacpp", "openai", "ollama")
 
 
 def create_backend(
@@ -36,6 +36,10 @@ def create_backend(
                 error_code="backend_url_missing",
             )
         return OpenAIBackend(url, model=model, api_key=api_key)
+    if name == "ollama":
+        from aitbc.miner.backends.ollama import OllamaBackend
+
+        return OllamaBackend(url or "http://127.0.0.1:11434", model=model)
     raise BackendError(
         f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}",
         retryable=False,
