@@ -54,6 +54,7 @@ def cmd_miner(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             url=args.backend_url,
             api_key=args.backend_api_key or os.environ.get("AITBC_BACKEND_API_KEY"),
+            threads_per_job=args.threads,
         )
         asyncio.run(_serve(Miner(config, backend)))
     except BackendError as exc:
@@ -94,6 +95,12 @@ def add_parser(commands: Any) -> None:
     miner.add_argument("--miner-id", help="id to register with (default: host name + suffix)")
     miner.add_argument("--price", type=_price, default=Decimal("0"), help="AIT per 1,000 tokens")
     miner.add_argument("--concurrency", type=int, default=1, help="jobs run at once")
+    miner.add_argument(
+        "--threads",
+        type=int,
+        help="llamacpp: CPU threads per job (default: the usable cores / concurrency); "
+        "fewer on a shared machine, where spinning threads slow each other down",
+    )
     miner.add_argument("--heartbeat-seconds", type=float, default=5.0)
     miner.add_argument(
         "--grace-seconds",

@@ -141,7 +141,18 @@ class Miner:
         """Serve until ``stop`` is set, then shut down gracefully."""
         await self.backend.start()
         try:
-            await self.register()
+            # Registration retries while the coordinator is away; a stop ends that too.
+            registering = asyncio.create_task(self.register())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({registering, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not registering.done():
+                registering.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await registering
+                log.info("stopped before the coordinator could be reached")
+                return
+            registering.result()
             self.kept = self.state.kept()
             heartbeat = asyncio.create_task(self._heartbeat_loop())
             outbox = asyncio.create_task(self._outbox_loop())
@@ -270,7 +281,9 @@ class Miner:
             await with_backoff(
                 lambda: self.client.fail(job_id, self.miner_id, error, retryable),
                 what=f"reporting {job_id} as failed",
-                stop=self.stopping if not self.stopping.is_set() else None,
+                # While stopping: one attempt. A lost report costs nothing lasting,
+                # the job's lease lapses and the coordinator requeues it.
+                stop=self.stopping,
             )
         except (Refused, CoordinatorUnavailable) as exc:
             log.info("failure report for %s not taken: %s", job_id, exc)

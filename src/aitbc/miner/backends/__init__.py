@@ -17,6 +17,7 @@ def create_backend(
     concurrency: int = 1,
     url: str | None = None,
     api_key: str | None = None,
+    threads_per_job: int | None = None,
 ) -> Backend:
     """The backend ``name`` serving ``model`` (its default model, or every model its
     server lists, when None)."""
@@ -24,7 +25,10 @@ def create_backend(
         from aitbc.miner.backends.llamacpp import DEFAULT_MODEL_NAME, LlamaCppBackend
 
         return LlamaCppBackend(
-            model_name=model or DEFAULT_MODEL_NAME, model_path=model_path, concurrency=concurrency
+            model_name=model or DEFAULT_MODEL_NAME,
+            model_path=model_path,
+            concurrency=concurrency,
+            threads_per_job=threads_per_job,
         )
     if name == "openai":
         from aitbc.miner.backends.openai import OpenAIBackend

@@ -66,7 +66,8 @@ class LlamaCppBackend:
         self.model_path = model_path
         self.concurrency = max(1, concurrency)
         self.context_tokens = context_tokens
-        cores = os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1
         self.threads_per_job = threads_per_job or max(1, cores // self.concurrency)
         self._idle: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -97,6 +98,8 @@ class LlamaCppBackend:
             model_path=str(path),
             n_ctx=self.context_tokens,
             n_threads=self.threads_per_job,
+            # Prompt processing too: by default it takes every core, for each job.
+            n_threads_batch=self.threads_per_job,
             verbose=False,
         )
 

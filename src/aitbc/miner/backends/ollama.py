@@ -49,7 +49,8 @@ class OllamaBackend:
         try:
             response = await self.http.get("/api/tags")
             response.raise_for_status()
-            listed = [entry["name"] for entry in response.json()["models"]]
+            # "llama3.2:latest" is served as "llama3.2", the name jobs use.
+            listed = [_plain_name(entry["name"]) for entry in response.json()["models"]]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             raise BackendError(
                 f"cannot list models at {self.base_url}/api/tags: {exc!r}",
@@ -57,6 +58,7 @@ class OllamaBackend:
                 error_code="backend_unreachable",
             ) from exc
         if self.only_model is not None:
+            self.only_model = _plain_name(self.only_model)
             if self.only_model not in listed:
                 raise BackendError(
                     f"{self.base_url} has no model {self.only_model} (it has {listed})",
@@ -81,11 +83,19 @@ class OllamaBackend:
             options["stop"] = list(request.stop)
         if request.seed is not None:
             options["seed"] = request.seed
-        body: dict[str, Any] = {"model": request.model, "stream": True, "options": options}
+        body: dict[str, Any] = {
+            "model": request.model,  # Ollama resolves a name without a tag to ":latest"
+            "stream": True,
+            "options": options,
+            # Ollama silently cuts an over-long prompt otherwise: refuse instead.
+            "truncate": False,
+        }
         if request.mode == "chat":
             body["messages"] = [{"role": "user", "content": request.prompt}]
             return "/api/chat", body
         body["prompt"] = request.prompt
+        # Plain continuation: no chat template around the prompt.
+        body["raw"] = True
         return "/api/generate", body
 
     async def generate(self, request: GenerationRequest, control: GenerationControl) -> Generation:
@@ -157,8 +167,18 @@ class OllamaBackend:
         await self.http.aclose()
 
 
+def _plain_name(name: str) -> str:
+    """A model name without Ollama's default ``:latest`` tag."""
+    return name.removesuffix(":latest")
+
+
 def _http_error(response: httpx.Response) -> BackendError:
     text = response.text[:500]
+    if response.status_code == 404:
+        # The model went away after start-up: another miner may still run the job.
+        return BackendError(
+            f"ollama no longer has the model: {text}", retryable=True, error_code="model_not_served"
+        )
     if response.status_code < 500:
         code = "prompt_too_long" if "context" in text.lower() else "invalid_request"
         return BackendError(

@@ -107,7 +107,7 @@ class OpenAIBackend:
         parts: list[str] = []
         chunks = 0
         usage: dict[str, Any] | None = None
-        finish_reason = "stop"
+        finish_reason: str | None = None
         try:
             async with self.http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
@@ -137,6 +137,8 @@ class OpenAIBackend:
                         if choice.get("finish_reason"):
                             finish_reason = str(choice["finish_reason"])
         except httpx.HTTPError as exc:
+            if not parts:
+                await self._explain(path, body)
             raise BackendError(
                 f"{self.base_url}{path}: {exc!r}", retryable=True, error_code="backend_error"
             ) from exc
@@ -148,6 +150,16 @@ class OpenAIBackend:
             ) from exc
         if control.cancelled.is_set():
             raise GenerationCancelled
+        if finish_reason is None:
+            # Some servers (llama-cpp-python's) fail a streamed request after answering
+            # 200, leaving an empty stream: ask again unstreamed to learn why.
+            if not parts:
+                await self._explain(path, body)
+            raise BackendError(
+                f"{self.base_url}{path}: the stream ended before the generation finished",
+                retryable=True,
+                error_code="backend_error",
+            )
         if usage is None:
             log.debug("%s sent no usage; metering %d streamed chunks", self.base_url, chunks)
             prompt_tokens, completion_tokens = 0, chunks
@@ -155,6 +167,20 @@ class OpenAIBackend:
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
         return Generation("".join(parts), prompt_tokens, completion_tokens, finish_reason)
+
+    async def _explain(self, path: str, body: dict[str, Any]) -> None:
+        """Raise the server's own error for ``body``, sent unstreamed for one token."""
+        probe = {**body, "stream": False, "max_tokens": 1}
+        probe.pop("stream_options", None)
+        # Twice: the broken stream may have left a dead connection in the pool.
+        for _attempt in range(2):
+            try:
+                response = await self.http.post(path, json=probe)
+            except httpx.HTTPError:
+                continue
+            if response.status_code >= 400:
+                raise _http_error(response)
+            return
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -164,6 +190,12 @@ class OpenAIBackend:
 def _http_error(response: httpx.Response) -> BackendError:
     """A server's refusal as a BackendError: 4xx final (the request is wrong), 5xx not."""
     text = response.text[:500]
+    if response.status_code == 404:
+        return BackendError(
+            f"the server does not serve the model: {text}",
+            retryable=True,
+            error_code="model_not_served",
+        )
     if response.status_code < 500:
         code = "prompt_too_long" if "context" in text.lower() else "invalid_request"
         return BackendError(
