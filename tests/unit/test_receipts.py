@@ -8,7 +8,7 @@ import copy
 import json
 import math
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 
 import orjson
@@ -340,8 +340,10 @@ def test_price_is_exact_product_rounded_half_up(units: int, unit_price: int) -> 
     than half a uAIT above the exact amount, nor half a uAIT or more below it; and the
     price never falls when units or unit_price rise."""
     price = price_for_units(units, unit_price)
-    exact = Decimal(units * unit_price) / 1000
-    assert price == int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    # Enough digits for the largest product (2^53 x 10^15): the default 28 would round.
+    with localcontext(prec=60):
+        exact = Decimal(units * unit_price) / 1000
+        assert price == int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
     assert -500 < 1000 * price - units * unit_price <= 500
     assert math.floor(exact) <= price <= math.ceil(exact)
     assert price_for_units(units + 1, unit_price) >= price

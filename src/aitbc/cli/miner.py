@@ -80,13 +80,17 @@ def add_parser(commands: Any) -> None:
     miner.add_argument(
         "--backend",
         default="llamacpp",
-        help="llamacpp (default, in process), openai (an OpenAI-compatible server) "
-        "or ollama (an Ollama server, default http://127.0.0.1:11434)",
+        help="llamacpp (default, in process), transformers (torch, CPU or CUDA, batches "
+        "concurrent jobs), openai (an OpenAI-compatible server) or ollama (an Ollama "
+        "server, default http://127.0.0.1:11434)",
     )
     miner.add_argument("--backend-url", help="the server of the openai or ollama backend")
     miner.add_argument("--backend-api-key", help="its bearer token ($AITBC_BACKEND_API_KEY)")
     miner.add_argument("--model", help="model name to serve (default: smollm2-135m)")
-    miner.add_argument("--model-path", help="a GGUF file (default: the bundled SmolLM2)")
+    miner.add_argument(
+        "--model-path",
+        help="a GGUF file, or a model directory for transformers (default: the bundled SmolLM2)",
+    )
     miner.add_argument(
         "--data-dir",
         default=os.environ.get("AITBC_MINER_DATA_DIR", "aitbc-miner"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aitbc.miner.backends.base import Backend, BackendError
 
-BACKENDS = ("llamacpp", "openai", "ollama")
+BACKENDS = ("llamacpp", "transformers", "openai", "ollama")
 
 
 def create_backend(
@@ -21,14 +21,23 @@ def create_backend(
 ) -> Backend:
     """The backend ``name`` serving ``model`` (its default model, or every model its
     server lists, when None)."""
+    from aitbc.miner.backends.llamacpp import DEFAULT_MODEL_NAME
+
     if name == "llamacpp":
-        from aitbc.miner.backends.llamacpp import DEFAULT_MODEL_NAME, LlamaCppBackend
+        from aitbc.miner.backends.llamacpp import LlamaCppBackend
 
         return LlamaCppBackend(
             model_name=model or DEFAULT_MODEL_NAME,
             model_path=model_path,
             concurrency=concurrency,
             threads_per_job=threads_per_job,
+        )
+    if name == "transformers":
+        from aitbc.miner.backends.transformers import TransformersBackend
+
+        # Every job the daemon runs at once joins one batch.
+        return TransformersBackend(
+            model_name=model or DEFAULT_MODEL_NAME, model_path=model_path, max_batch=concurrency
         )
     if name == "openai":
         from aitbc.miner.backends.openai import OpenAIBackend
