@@ -56,11 +56,11 @@ def job_params(index: int, max_tokens: int) -> dict[str, Any]:
 
 
 async def run_direct(
-    jobs: int, max_tokens: int, concurrency: int, threads: int | None
+    backend_name: str, jobs: int, max_tokens: int, concurrency: int, threads: int | None
 ) -> tuple[float, int]:
     """(seconds, completion tokens) for all prompts straight on the backend."""
     backend = create_backend(
-        "llamacpp", model=None, concurrency=concurrency, threads_per_job=threads
+        backend_name, model=None, concurrency=concurrency, threads_per_job=threads
     )
     await backend.start()
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -123,7 +123,7 @@ async def wait_for(check: Any, what: str, timeout_seconds: float = 60) -> Any:
 
 
 async def run_through_aitbc(
-    jobs: int, max_tokens: int, concurrency: int, threads: int | None
+    backend_name: str, jobs: int, max_tokens: int, concurrency: int, threads: int | None
 ) -> tuple[float, int]:
     """(seconds, completion tokens) for all prompts as jobs through coordinator + miner."""
     port = free_port()
@@ -148,14 +148,15 @@ async def run_through_aitbc(
                 miner = spawn(
                     env, "miner", "--coordinator-url", base, "--data-dir", f"{scratch}/miner",
                     "--miner-id", "bench-miner", "--concurrency", str(concurrency),
-                    "--log-level", "warning", *(["--threads", str(threads)] if threads else []),
+                    "--log-level", "warning", "--backend", backend_name,
+                    *(["--threads", str(threads)] if threads else []),
                 )  # fmt: skip
                 admin = {"X-Api-Key": ADMIN_KEY}
 
                 async def registered() -> bool:
                     return bool((await http.get("/v1/admin/miners", headers=admin)).json())
 
-                await wait_for(registered, "the miner")
+                await wait_for(registered, "the miner", timeout_seconds=300)
                 client = (await http.post("/v1/clients/register", json={})).json()
                 headers = {"X-Api-Key": client["api_key"]}
                 started = time.perf_counter()
@@ -194,11 +195,12 @@ async def run_through_aitbc(
 
 
 def direct_in_child(
-    jobs: int, max_tokens: int, concurrency: int, threads: int | None
+    backend_name: str, jobs: int, max_tokens: int, concurrency: int, threads: int | None
 ) -> tuple[float, int]:
     """:func:`run_direct` in a fresh Python process."""
     output = subprocess.run(
-        [sys.executable, __file__, "--direct-once", "--jobs", str(jobs),
+        [sys.executable, __file__, "--direct-once", "--backend", backend_name,
+         "--jobs", str(jobs),
          "--max-tokens", str(max_tokens), "--concurrency", str(concurrency),
          *(["--threads", str(threads)] if threads else [])],
         capture_output=True, text=True, check=True, timeout=600,
@@ -217,12 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, help="llama.cpp threads per job (default: cores / concurrency)"
     )
+    parser.add_argument("--backend", default="llamacpp", choices=["llamacpp", "transformers"])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--direct-once", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.direct_once:
         measured = asyncio.run(
-            run_direct(args.jobs, args.max_tokens, args.concurrency, args.threads)
+            run_direct(args.backend, args.jobs, args.max_tokens, args.concurrency, args.threads)
         )
         print(json.dumps(measured))
         return 0
@@ -231,11 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     tokens_seen: list[tuple[int, int]] = []
     for _ in range(args.runs):
         seconds, tokens_a = direct_in_child(
-            args.jobs, args.max_tokens, args.concurrency, args.threads
+            args.backend, args.jobs, args.max_tokens, args.concurrency, args.threads
         )
         direct.append(tokens_a / seconds)
         seconds, tokens_b = asyncio.run(
-            run_through_aitbc(args.jobs, args.max_tokens, args.concurrency, args.threads)
+            run_through_aitbc(
+                args.backend, args.jobs, args.max_tokens, args.concurrency, args.threads
+            )
         )
         through.append(tokens_b / seconds)
         tokens_seen.append((tokens_a, tokens_b))
@@ -246,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     report = {
+        "backend": args.backend,
         "jobs": args.jobs,
         "max_tokens": args.max_tokens,
         "concurrency": args.concurrency,

@@ -102,8 +102,9 @@ def add_parser(commands: Any) -> None:
     miner.add_argument(
         "--threads",
         type=int,
-        help="llamacpp: CPU threads per job (default: the usable cores / concurrency); "
-        "fewer on a shared machine, where spinning threads slow each other down",
+        help="llamacpp: CPU threads per job (default: half the usable cores / concurrency, "
+        "as llama.cpp does); fewer on a shared machine, where spinning threads slow each "
+        "other down",
     )
     miner.add_argument("--heartbeat-seconds", type=float, default=5.0)
     miner.add_argument(

@@ -68,7 +68,10 @@ class LlamaCppBackend:
         self.context_tokens = context_tokens
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         cores = cores or os.cpu_count() or 1
-        self.threads_per_job = threads_per_job or max(1, cores // self.concurrency)
+        # llama.cpp's own default: half the logical cores (hyper-threads do not help,
+        # and its threads spin while they wait for each other, so a thread without a
+        # core of its own slows all of them), shared among the concurrent jobs.
+        self.threads_per_job = threads_per_job or max(1, cores // 2 // self.concurrency)
         self._idle: asyncio.Queue[Any] = asyncio.Queue()
 
     def models(self) -> list[str]:
