@@ -290,6 +290,14 @@ class GpuInfo(StrictRequest):
         return None if value is None else parse_memory_gb(value)
 
 
+class CpuInfo(StrictRequest):
+    """A miner's CPU and memory (what a CPU-only miner computes with)."""
+
+    model: str | None = Field(default=None, max_length=200)
+    cores: int = Field(ge=1, le=4096)
+    memory_gb: float | None = Field(default=None, ge=0, le=1_000_000)
+
+
 def parse_memory_gb(value: float | str) -> float:
     """Memory as GB from a number or text such as "24GB", "24 GiB", "16384MB"."""
     if isinstance(value, int | float):
@@ -327,6 +335,7 @@ class MinerRegistration(StrictRequest):
         min_length=1, max_length=100
     )
     gpu_info: GpuInfo | None = None
+    cpu_info: CpuInfo | None = None
     price: Decimal = Field(
         default=Decimal(0), ge=0, decimal_places=6, description="AIT per 1,000 tokens"
     )
@@ -372,6 +381,7 @@ class Miner(BaseModel):
     miner_id: str
     capabilities: list[str]
     gpu_info: GpuInfo
+    cpu_info: CpuInfo | None = None
     price: float
     status: str
     utilisation: float | None

@@ -468,6 +468,9 @@ def test_real_generations_are_deterministic_and_receipts_verify(market: Market) 
     (registered,) = market.admin_miners()
     assert registered["miner_id"] == "e2e-gen"
     assert registered["capabilities"] == [MODEL]
+    # The machine it runs on: no GPU here, so its CPU and memory.
+    assert registered["gpu_info"]["count"] == 0
+    assert registered["cpu_info"]["cores"] >= 1 and registered["cpu_info"]["memory_gb"] > 0
     assert registered["price"] == pytest.approx(0.02)
     published = market.get("/v1/keys", params={"owner": "e2e-gen"}, headers={})["keys"]
     signing_key = SigningKey.from_pem(key_file.read_bytes())

@@ -463,3 +463,18 @@ async def test_non_retryable_failure_fails_the_job(coordinator: Coordinator) -> 
         f"/v1/jobs/{job['job_id']}/fail", json={"miner_id": "m1", "error": ""}, headers=m1
     )
     assert_error(empty_error, 422, "validation_error")
+
+
+async def test_cpu_info_is_reported_and_shown_to_admins(coordinator: Coordinator) -> None:
+    cpu = {"model": "Intel(R) Xeon(R) Processor", "cores": 2, "memory_gb": 23.5}
+    await coordinator.new_miner("cpu-1", cpu_info=cpu)
+    await coordinator.new_miner("gpu-1", gpu_info={"name": "A100", "memory": 80, "count": 1})
+    listed = ok(await coordinator.http.get("/v1/admin/miners", headers=coordinator.admin_headers))
+    by_id = {miner["miner_id"]: miner for miner in listed}
+    assert by_id["cpu-1"]["cpu_info"] == cpu
+    assert by_id["gpu-1"]["cpu_info"] is None
+    bad = await coordinator.http.post(
+        "/v1/miners/register",
+        json={"miner_id": "cpu-2", "capabilities": ["m"], "cpu_info": {"cores": 0}},
+    )
+    assert_error(bad, 422)

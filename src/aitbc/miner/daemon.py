@@ -105,6 +105,7 @@ class Miner:
             "miner_id": self.miner_id,
             "capabilities": self.backend.models(),
             "gpu_info": self.hardware.gpu_info(),
+            "cpu_info": self.hardware.cpu_info(),
             "price": str(self.config.price),
             "public_key": self.key.public_key_b64,
         }

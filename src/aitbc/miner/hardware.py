@@ -7,6 +7,7 @@ an NVIDIA driver, the miner reports no GPU and its CPU load as utilisation.
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +24,15 @@ class Hardware:
     cpu_count: int
     memory_gb: float | None
 
+    cpu_model: str | None = None
+
     def gpu_info(self) -> dict[str, Any]:
         """The registration's ``gpu_info``."""
         return {"name": self.gpu_name, "memory": self.gpu_memory_gb, "count": self.gpu_count}
+
+    def cpu_info(self) -> dict[str, Any]:
+        """The registration's ``cpu_info``."""
+        return {"model": self.cpu_model, "cores": self.cpu_count, "memory_gb": self.memory_gb}
 
 
 def _nvml() -> Any | None:
@@ -49,9 +56,21 @@ def _memory_gb() -> float | None:
     return round(pages * page_size / BYTES_PER_GB, 1)
 
 
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()[:200] or None
+    except OSError:
+        pass
+    return platform.processor()[:200] or None
+
+
 def detect() -> Hardware:
     """Probe the machine once (at start-up)."""
-    cpus = os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cpus = cpus or os.cpu_count() or 1
     nvml = _nvml()
     if nvml is not None:
         count = nvml.nvmlDeviceGetCount()
@@ -65,8 +84,9 @@ def detect() -> Hardware:
                 gpu_count=count,
                 cpu_count=cpus,
                 memory_gb=_memory_gb(),
+                cpu_model=_cpu_model(),
             )
-    return Hardware(None, None, 0, cpus, _memory_gb())
+    return Hardware(None, None, 0, cpus, _memory_gb(), _cpu_model())
 
 
 def utilisation(hardware: Hardware) -> float:

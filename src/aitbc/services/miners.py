@@ -47,6 +47,7 @@ async def register(
         "gpu_name": gpu.name if gpu else None,
         "gpu_memory_gb": float(gpu.memory) if gpu and gpu.memory is not None else None,
         "gpu_count": gpu.count if gpu and gpu.name else 0,
+        "cpu_info": registration.cpu_info.model_dump() if registration.cpu_info else None,
         "price_micro": to_micro(registration.price),
     }
     now = runtime.clock()

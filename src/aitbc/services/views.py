@@ -10,7 +10,7 @@ from sqlalchemy import Row
 
 from aitbc.domain.jobs import Priority
 from aitbc.domain.money import to_ait
-from aitbc.schemas import GpuInfo, Miner
+from aitbc.schemas import CpuInfo, GpuInfo, Miner
 from aitbc.storage import models
 
 PRIORITY_NAMES = {priority.rank: priority.value for priority in Priority}
@@ -91,6 +91,7 @@ def miner_view(miner: models.Miner, jobs_completed: int) -> Miner:
         gpu_info=GpuInfo.model_construct(
             name=miner.gpu_name, memory=miner.gpu_memory_gb, count=miner.gpu_count
         ),
+        cpu_info=CpuInfo.model_validate(miner.cpu_info) if miner.cpu_info else None,
         price=to_ait(miner.price_micro),
         status=miner.status,
         utilisation=miner.utilisation,

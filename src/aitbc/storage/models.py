@@ -87,6 +87,8 @@ class Miner(Base):
     gpu_name: Mapped[str | None] = mapped_column(String(200))
     gpu_memory_gb: Mapped[float | None] = mapped_column(Float)
     gpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    # {"model", "cores", "memory_gb"}: what a CPU-only miner computes with.
+    cpu_info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # AIT per 1,000 units, in µAIT.
     price_micro: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))
