@@ -177,6 +177,7 @@ class MinerProcess:
         miner_id: str = "e2e-miner",
         grace_seconds: float = 2.0,
         concurrency: int = 1,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
         self.coordinator_url = coordinator_url
@@ -185,6 +186,7 @@ class MinerProcess:
         self.data_dir = workdir / name
         self.grace_seconds = grace_seconds
         self.concurrency = concurrency
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.log_paths: list[Path] = []
@@ -221,6 +223,7 @@ class MinerProcess:
                     str(self.grace_seconds),
                     "--concurrency",
                     str(self.concurrency),
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -726,3 +729,72 @@ def test_sigterm_while_registering_exits(market: Market) -> None:
     if code is None:
         miner.kill()
     assert code == 0, f"exit code {code} {seconds:.1f} s after SIGTERM"
+
+
+# --- a backend that dies mid-job ---------------------------------------------------------
+
+
+def start_llama_server(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    """llama-cpp-python's OpenAI-compatible server on the bundled model, as the miner's
+    ``openai`` backend; returns once it lists its model."""
+    from aitbc.miner.backends.llamacpp import bundled_model_path
+
+    log_path = workdir / f"llama-server-{port}-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()),
+             "--model_alias", MODEL, "--port", str(port), "--n_ctx", "2048",
+             "--n_threads", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
+        )  # fmt: skip
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail("llama_cpp.server exited during start-up")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail("llama_cpp.server did not start")
+    raise AssertionError  # unreachable
+
+
+def test_a_backend_that_dies_mid_job(market: Market) -> None:
+    """The engine (an OpenAI-compatible server) is killed mid-generation: the job goes
+    back to the queue as a retryable failure, the daemon keeps running and takes no
+    jobs while the engine is down (so jobs do not burn their attempts on it), and once
+    the engine is back it runs the job to completion."""
+    port = free_port()
+    server = start_llama_server(market.workdir, port)
+    try:
+        miner = market.start_miner(
+            miner_id="e2e-openai",
+            extra_args=("--backend", "openai", "--backend-url", f"http://127.0.0.1:{port}"),
+        )
+        job_id = market.submit(LONG_PROMPT, **{**LONG_PARAMS, "max_tokens": 300})
+        market.wait_running(job_id)
+        server.kill()
+        server.wait(10)
+
+        job = market.wait_job(job_id, {"pending", "failed"}, timeout=15)
+        assert job["status"] == "pending", job
+        assert job["attempts"] == 1 and job["error_code"] == "miner_error", job
+        assert "backend_unreachable" in (job["error"] or ""), job
+        time.sleep(3)  # the miner must not claim it again while the engine is down
+        job = market.job(job_id)
+        assert job["status"] == "pending" and job["attempts"] == 1, job
+        assert miner.alive(), miner.logs()
+
+        server = start_llama_server(market.workdir, port)
+        done = market.wait_job(job_id, {"completed", "failed"}, timeout=60)
+        assert done["status"] == "completed", done
+        assert done["attempts"] == 2 and done["miner_id"] == "e2e-openai", done
+        assert 0 < done["usage"]["completion_tokens"] <= 300
+        market.verify(done)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)

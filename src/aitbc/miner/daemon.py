@@ -33,6 +33,7 @@ from typing import Any
 from aitbc.domain.receipts import miner_statement, sign_miner_statement, text_hash
 from aitbc.miner import hardware as hardware_probe
 from aitbc.miner.backends.base import (
+    BACKEND_UNREACHABLE,
     Backend,
     BackendError,
     GenerationCancelled,
@@ -97,6 +98,11 @@ class Miner:
         self.rng = random.Random()  # noqa: S311 - jitter, not secrets
         self._job_tasks: set[asyncio.Task[None]] = set()
         self.completed = 0
+        # Cleared while the engine cannot be reached: no jobs are taken until it is
+        # back, so they are not claimed only to fail (and burn their attempts).
+        self.backend_up = asyncio.Event()
+        self.backend_up.set()
+        self._recovery: asyncio.Task[None] | None = None
 
     # --- start-up ---------------------------------------------------------------
 
@@ -172,6 +178,8 @@ class Miner:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            if self._recovery is not None:
+                self._recovery.cancel()
         finally:
             await self.client.close()
             await self.backend.close()
@@ -190,12 +198,16 @@ class Miner:
     async def _poll_loop(self) -> None:
         while True:
             await self.slots.acquire()
+            if not self.backend_up.is_set():
+                self.slots.release()
+                await self.backend_up.wait()
+                continue
             try:
                 job = await with_backoff(
                     lambda: self.client.next_job(self.miner_id, self.config.poll_wait_seconds),
                     what="polling for jobs",
                 )
-                if job is None:
+                if job is None or not self.backend_up.is_set():
                     self.slots.release()
                     continue
                 try:
@@ -230,6 +242,8 @@ class Miner:
             return
         except BackendError as exc:
             log.warning("job %s failed: %s (%s)", job_id, exc, exc.error_code)
+            if exc.error_code == BACKEND_UNREACHABLE:
+                self._backend_lost()
             await self._fail(job_id, f"{exc.error_code}: {exc}", retryable=exc.retryable)
             return
         except Exception as exc:  # a backend bug must not take the daemon down
@@ -257,6 +271,24 @@ class Miner:
         self.state.keep(job_id, completion)
         self.kept[job_id] = completion
         await self._deliver(job_id, completion)
+
+    def _backend_lost(self) -> None:
+        """Stop taking jobs and watch the engine until it answers again."""
+        if not self.backend_up.is_set():
+            return
+        self.backend_up.clear()
+        log.warning(
+            "the %s backend cannot be reached: taking no jobs until it is back", self.backend.name
+        )
+        self._recovery = asyncio.create_task(self._await_backend())
+
+    async def _await_backend(self) -> None:
+        attempt = 0
+        while not await self.backend.healthy():
+            attempt += 1
+            await asyncio.sleep(self.rng.uniform(0.5, 1.0) * min(10.0, 0.5 * 2**attempt))
+        log.info("the %s backend is back: taking jobs again", self.backend.name)
+        self.backend_up.set()
 
     async def _report_progress(self, running: _Running) -> None:
         reported = -1
@@ -337,7 +369,7 @@ class Miner:
             started = time.monotonic()
             status = (
                 "draining"
-                if self.stopping.is_set()
+                if self.stopping.is_set() or not self.backend_up.is_set()
                 else ("busy" if len(self.running) >= self.config.concurrency else "online")
             )
             beat = {

@@ -26,6 +26,9 @@ class BackendError(Exception):
         self.error_code = error_code
 
 
+BACKEND_UNREACHABLE = "backend_unreachable"
+
+
 class GenerationCancelled(Exception):
     """The job was cancelled (or taken away) while generating."""
 
@@ -93,7 +96,12 @@ class Backend(Protocol):
         ...
 
     async def generate(self, request: GenerationRequest, control: GenerationControl) -> Generation:
-        """Run one generation; raise GenerationCancelled or BackendError."""
+        """Run one generation; raise GenerationCancelled or BackendError
+        (``error_code="backend_unreachable"`` when the engine cannot be reached)."""
+        ...
+
+    async def healthy(self) -> bool:
+        """Whether the engine can take work now (a server answers; in process: yes)."""
         ...
 
     async def close(self) -> None:

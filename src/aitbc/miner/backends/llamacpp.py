@@ -174,6 +174,10 @@ class LlamaCppBackend:
             finish_reason=str(response["choices"][0].get("finish_reason") or "stop"),
         )
 
+    async def healthy(self) -> bool:
+        """In process: it can take work whenever it is loaded."""
+        return True
+
     async def close(self) -> None:
         """Free every context."""
         while not self._idle.empty():

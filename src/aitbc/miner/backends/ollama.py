@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from aitbc.miner.backends.base import (
+    BACKEND_UNREACHABLE,
     BackendError,
     Generation,
     GenerationCancelled,
@@ -137,6 +138,10 @@ class OllamaBackend:
                     if event.get("done"):
                         final = event
                         break
+        except httpx.TransportError as exc:
+            raise BackendError(
+                f"{self.base_url}{path}: {exc!r}", retryable=True, error_code=BACKEND_UNREACHABLE
+            ) from exc
         except httpx.HTTPError as exc:
             raise BackendError(
                 f"{self.base_url}{path}: {exc!r}", retryable=True, error_code="backend_error"
@@ -161,6 +166,14 @@ class OllamaBackend:
             int(final.get("eval_count") or chunks),
             str(final.get("done_reason") or "stop"),
         )
+
+    async def healthy(self) -> bool:
+        """Whether the server answers its model list."""
+        try:
+            response = await self.http.get("/api/tags", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from aitbc.miner.backends.base import (
+    BACKEND_UNREACHABLE,
     BackendError,
     Generation,
     GenerationCancelled,
@@ -136,9 +137,13 @@ class OpenAIBackend:
                             control.on_token(chunks)
                         if choice.get("finish_reason"):
                             finish_reason = str(choice["finish_reason"])
-        except httpx.HTTPError as exc:
-            if not parts:
+        except httpx.TransportError as exc:
+            if not parts and not isinstance(exc, httpx.ConnectError):
                 await self._explain(path, body)
+            raise BackendError(
+                f"{self.base_url}{path}: {exc!r}", retryable=True, error_code=BACKEND_UNREACHABLE
+            ) from exc
+        except httpx.HTTPError as exc:
             raise BackendError(
                 f"{self.base_url}{path}: {exc!r}", retryable=True, error_code="backend_error"
             ) from exc
@@ -181,6 +186,14 @@ class OpenAIBackend:
             if response.status_code >= 400:
                 raise _http_error(response)
             return
+
+    async def healthy(self) -> bool:
+        """Whether the server answers its model list."""
+        try:
+            response = await self.http.get("/v1/models", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     async def close(self) -> None:
         """Close the connection pool."""

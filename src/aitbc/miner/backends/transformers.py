@@ -287,6 +287,10 @@ class TransformersBackend:
         if row.done:
             row.text = text
 
+    async def healthy(self) -> bool:
+        """In process: it can take work whenever it is loaded."""
+        return True
+
     async def close(self) -> None:
         """Stop batching and free the model."""
         if self._scheduler is not None:
