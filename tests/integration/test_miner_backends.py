@@ -536,15 +536,16 @@ async def test_llamacpp_runs_two_generations_at_once() -> None:
         def control(name: str) -> GenerationControl:
             return GenerationControl(on_token=lambda n: moments[name].append(time.monotonic()))
 
+        # Long enough that one cannot finish before the other's thread gets going.
         first, second = await asyncio.gather(
-            generate(backend, request("completion", max_tokens=16), control("a")),
-            generate(backend, request("chat", max_tokens=16), control("b")),
+            generate(backend, request("completion", max_tokens=64), control("a")),
+            generate(backend, request("chat", max_tokens=64), control("b")),
         )
     finally:
         await backend.close()
     for generation in (first, second):
         assert generation.text.strip()
-        assert 1 <= generation.completion_tokens <= 16
+        assert 1 <= generation.completion_tokens <= 64
     # Both were generating at the same time: each produced a token before the other's last.
     assert moments["a"][0] < moments["b"][-1]
     assert moments["b"][0] < moments["a"][-1]
