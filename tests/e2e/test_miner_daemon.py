@@ -24,9 +24,7 @@ of them on the same cores slow each other down by one to two orders of magnitude
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -41,12 +39,13 @@ import pytest
 
 from aitbc.domain.signing import SigningKey
 from aitbc.sdk import KeyRing, VerificationFailed, VerifiedReceipt, verify_receipt
+from tests.e2e.processes import AITBC, clean_env, free_port
+from tests.e2e.processes import stop_process as _stop_process
 
 pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
 
-AITBC = [sys.executable, "-m", "aitbc.cli.main"]
 ADMIN_KEY = "e2e-miner-admin-key"
 MODEL = "smollm2-135m"
 PRICE = "0.02"
@@ -65,19 +64,9 @@ LONG_PARAMS: dict[str, Any] = {"max_tokens": 2000, "temperature": 0.8, "seed": 1
 # --- processes ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any AITBC_* setting of the caller, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AITBC_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
+    _stop_process(process, timeout)
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -85,18 +74,6 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return f"({path.name}: no log)"
     text = path.read_text(errors="replace").splitlines()[-lines:]
     return f"--- {path.name} (last {len(text)} lines) ---\n" + "\n".join(text)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 class Coordinator:

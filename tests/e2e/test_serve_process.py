@@ -7,13 +7,9 @@ port, and always stops it (SIGTERM, then SIGKILL after 5 s).
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,39 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.processes import AITBC, clean_env, free_port
+from tests.e2e.processes import stop_process as stop
+
 pytestmark = pytest.mark.e2e
 
-AITBC = [sys.executable, "-m", "aitbc.cli.main"]
 ADMIN_KEY = "e2e-admin-key"
 MODEL = "smollm2-135m"
 START_TIMEOUT_SECONDS = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any AITBC_* setting of the caller, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AITBC_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it is still there after 5 seconds."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 @dataclass

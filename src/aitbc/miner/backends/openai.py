@@ -18,64 +18,30 @@ from typing import Any
 import httpx
 
 from aitbc.miner.backends.base import (
-    BACKEND_UNREACHABLE,
     BackendError,
     Generation,
     GenerationCancelled,
     GenerationControl,
     GenerationRequest,
 )
+from aitbc.miner.backends.remote import RemoteBackend
 
 log = logging.getLogger(__name__)
-CONNECT_TIMEOUT_SECONDS = 10.0
-READ_TIMEOUT_SECONDS = 300.0
 
 
-class OpenAIBackend:
+class OpenAIBackend(RemoteBackend):
     """Generations on an OpenAI-compatible HTTP server."""
 
     name = "openai"
+    models_path = "/v1/models"
 
     def __init__(self, base_url: str, *, model: str | None = None, api_key: str | None = None):
-        self.base_url = base_url.rstrip("/")
-        self.only_model = model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
-        )
-        self._models: list[str] = []
+        super().__init__(base_url, model=model, headers=headers)
 
-    def models(self) -> list[str]:
-        """The models the server lists (or the one chosen)."""
-        return list(self._models)
-
-    async def start(self) -> None:
-        """Read ``/v1/models``; refuse to start when the chosen model is not served."""
-        try:
-            response = await self.http.get("/v1/models")
-            response.raise_for_status()
-            listed = [entry["id"] for entry in response.json()["data"]]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            raise BackendError(
-                f"cannot list models at {self.base_url}/v1/models: {exc!r}",
-                retryable=False,
-                error_code="backend_unreachable",
-            ) from exc
-        if self.only_model is not None:
-            if self.only_model not in listed:
-                raise BackendError(
-                    f"{self.base_url} does not serve {self.only_model} (it serves {listed})",
-                    retryable=False,
-                    error_code="model_not_served",
-                )
-            listed = [self.only_model]
-        if not listed:
-            raise BackendError(
-                f"{self.base_url} serves no models", retryable=False, error_code="no_models"
-            )
-        self._models = listed
+    def listed_models(self, document: Any) -> list[str]:
+        """``{"data": [{"id": ...}, ...]}``."""
+        return [str(entry["id"]) for entry in document["data"]]
 
     def _body(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
@@ -98,12 +64,7 @@ class OpenAIBackend:
 
     async def generate(self, request: GenerationRequest, control: GenerationControl) -> Generation:
         """Stream one generation, counting chunks for progress."""
-        if request.model not in self._models:
-            raise BackendError(
-                f"this miner does not serve {request.model}",
-                retryable=True,
-                error_code="model_not_served",
-            )
+        self.check_served(request)
         path, body = self._body(request)
         parts: list[str] = []
         chunks = 0
@@ -113,7 +74,7 @@ class OpenAIBackend:
             async with self.http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    raise _http_error(response)
+                    raise self.refusal(response)
                 async for line in response.aiter_lines():
                     if control.cancelled.is_set():
                         raise GenerationCancelled
@@ -137,22 +98,14 @@ class OpenAIBackend:
                             control.on_token(chunks)
                         if choice.get("finish_reason"):
                             finish_reason = str(choice["finish_reason"])
-        except httpx.TransportError as exc:
-            if not parts and not isinstance(exc, httpx.ConnectError):
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            # A stream broken before any text: the server may say why when asked again.
+            broken = isinstance(exc, httpx.TransportError) and not isinstance(
+                exc, httpx.ConnectError
+            )
+            if broken and not parts:
                 await self._explain(path, body)
-            raise BackendError(
-                f"{self.base_url}{path}: {exc!r}", retryable=True, error_code=BACKEND_UNREACHABLE
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise BackendError(
-                f"{self.base_url}{path}: {exc!r}", retryable=True, error_code="backend_error"
-            ) from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BackendError(
-                f"{self.base_url}{path} sent a malformed stream: {exc!r}",
-                retryable=True,
-                error_code="backend_error",
-            ) from exc
+            raise self.failure(path, exc) from exc
         if control.cancelled.is_set():
             raise GenerationCancelled
         if finish_reason is None:
@@ -184,38 +137,5 @@ class OpenAIBackend:
             except httpx.HTTPError:
                 continue
             if response.status_code >= 400:
-                raise _http_error(response)
+                raise self.refusal(response)
             return
-
-    async def healthy(self) -> bool:
-        """Whether the server answers its model list."""
-        try:
-            response = await self.http.get("/v1/models", timeout=5.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
-
-    async def close(self) -> None:
-        """Close the connection pool."""
-        await self.http.aclose()
-
-
-def _http_error(response: httpx.Response) -> BackendError:
-    """A server's refusal as a BackendError: 4xx final (the request is wrong), 5xx not."""
-    text = response.text[:500]
-    if response.status_code == 404:
-        return BackendError(
-            f"the server does not serve the model: {text}",
-            retryable=True,
-            error_code="model_not_served",
-        )
-    if response.status_code < 500:
-        code = "prompt_too_long" if "context" in text.lower() else "invalid_request"
-        return BackendError(
-            f"server refused the request ({response.status_code}): {text}",
-            retryable=False,
-            error_code=code,
-        )
-    return BackendError(
-        f"server error {response.status_code}: {text}", retryable=True, error_code="backend_error"
-    )
