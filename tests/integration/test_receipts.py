@@ -544,6 +544,19 @@ async def test_new_miner_key_retires_the_old_one(coordinator: Coordinator) -> No
     )
     assert second_receipt["miner_signature"]["key_id"] == MINER_KEY_2.key_id
 
+    # A re-send of the first result, signed with the now retired key (e.g. from the
+    # miner's outbox), gets the receipt it was issued, byte for byte...
+    resent = await complete_signed(coordinator, first["job_id"], "m1", miner, signature)
+    assert receipt_of(resent) == first_receipt
+    # ...while a different result under the retired key is still refused.
+    forged = miner_signature(MINER_KEY, first["job_id"], "m1", "Bye!", units)
+    response = await coordinator.http.post(
+        f"/v1/jobs/{first['job_id']}/complete",
+        json={"miner_id": "m1", "result": "Bye!", "usage": USAGE, "miner_signature": forged},
+        headers=miner,
+    )
+    assert_error(response, 422, "unknown_miner_key")
+
     # Both receipts verify against the miner's published keys, retired ones included.
     keys = await keyring(coordinator)
     miner_keys = await keyring(coordinator, owner="m1")

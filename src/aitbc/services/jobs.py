@@ -503,6 +503,15 @@ async def _check_miner_signature(
     return document
 
 
+def _issued_receipt(connection: Connection, job_id: str, miner_id: str, digest: str) -> str | None:
+    """The receipt of ``job_id`` if ``miner_id`` completed it with this result."""
+    row = job_queries.get_job(connection, job_id)
+    if row is None or row.miner_id != miner_id or row.result_sha256 != digest:
+        return None
+    receipt = receipt_queries.receipt_for_job(connection, job_id)
+    return None if receipt is None else str(receipt.document)
+
+
 def _prompt_token_bound(prompt: str) -> int:
     """Most prompt tokens a miner may charge for: no tokenizer makes more tokens than
     the text has bytes, plus what a chat template adds around it."""
@@ -542,9 +551,17 @@ async def complete(
     prompt_tokens, completion_tokens = (
         (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
     )
-    miner_signature = await _check_miner_signature(
-        runtime, job_id, job_result, digest, prompt_tokens + completion_tokens
-    )
+    try:
+        miner_signature = await _check_miner_signature(
+            runtime, job_id, job_result, digest, prompt_tokens + completion_tokens
+        )
+    except VerificationFailed:
+        # A re-send of a result already taken (the miner may have changed its key
+        # since) gets the receipt it was issued; anything else is refused.
+        issued = await read(runtime.engine, _issued_receipt, job_id, miner_id, digest)
+        if issued is None:
+            raise
+        return issued
     receipt_id = runtime.new_id("rcpt")
 
     def work(connection: Connection) -> str | None:
