@@ -39,7 +39,7 @@ import pytest
 
 from aitbc.domain.signing import SigningKey
 from aitbc.sdk import KeyRing, VerificationFailed, VerifiedReceipt, verify_receipt
-from tests.e2e.processes import AITBC, clean_env, free_port
+from tests.e2e.processes import AITBC, clean_env, free_port, spawn_serve, wait_healthy
 from tests.e2e.processes import stop_process as _stop_process
 
 pytestmark = pytest.mark.e2e
@@ -92,41 +92,17 @@ class Coordinator:
         self.starts += 1
         log_path = self.workdir / f"serve-{self.starts}.log"
         self.log_paths.append(log_path)
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    *AITBC,
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--log-level",
-                    "warning",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=clean_env(
-                    AITBC_ADMIN_KEY=ADMIN_KEY,
-                    # Tests poll job status often: no per-key request budget.
-                    AITBC_RATE_LIMIT="",
-                    AITBC_MINER_RATE_LIMIT="",
-                ),
-                cwd=self.workdir,
-            )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"aitbc serve exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                response = httpx.get(self.base_url + "/health", timeout=1)
-            except httpx.TransportError:
-                time.sleep(0.05)
-                continue
-            if response.status_code == 200 and response.json()["status"] == "ok":
-                return
-            time.sleep(0.05)
-        pytest.fail(f"aitbc serve did not become healthy in time:\n{self.logs()}")
+        self.process = spawn_serve(
+            self.port,
+            self.data_dir,
+            log_path,
+            self.workdir,
+            AITBC_ADMIN_KEY=ADMIN_KEY,
+            # Tests poll job status often: no per-key request budget.
+            AITBC_RATE_LIMIT="",
+            AITBC_MINER_RATE_LIMIT="",
+        )
+        wait_healthy(self.process, self.base_url, self.logs, START_TIMEOUT_SECONDS)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown of any kind."""
@@ -714,7 +690,7 @@ def test_sigterm_while_registering_exits(market: Market) -> None:
 def start_llama_server(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     """llama-cpp-python's OpenAI-compatible server on the bundled model, as the miner's
     ``openai`` backend; returns once it lists its model."""
-    from aitbc.miner.backends.llamacpp import bundled_model_path
+    from aitbc.miner.backends.bundled import bundled_model_path
 
     log_path = workdir / f"llama-server-{port}-{time.monotonic_ns()}.log"
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor

@@ -14,7 +14,6 @@ import json
 import os
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aitbc.domain.receipts import miner_statement, sign_miner_statement, text_hash
 from aitbc.domain.signing import SigningKey, b64url_encode, key_id_for
-from tests.e2e.processes import AITBC, clean_env, free_port
+from tests.e2e.processes import AITBC, clean_env, free_port, spawn_serve, wait_healthy
 from tests.e2e.processes import stop_process as stop
 
 pytestmark = pytest.mark.e2e
@@ -74,38 +73,14 @@ def start_coordinator(workdir: Path, data_dir: Path) -> Coordinator:
     """``aitbc serve`` on a free port and ``data_dir``; returns once /health is ok."""
     port = free_port()
     log_path = workdir / f"serve-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                *AITBC,
-                "serve",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-                "--log-level",
-                "warning",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=clean_env(AITBC_ADMIN_KEY=ADMIN_KEY),
-            cwd=workdir,
-        )
+    process = spawn_serve(port, data_dir, log_path, workdir, AITBC_ADMIN_KEY=ADMIN_KEY)
     server = Coordinator(process, f"http://127.0.0.1:{port}", data_dir, log_path)
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"aitbc serve exited with {process.returncode}:\n{server.log()}")
-        try:
-            response = httpx.get(server.base_url + "/health", timeout=1)
-        except httpx.TransportError:
-            time.sleep(0.05)
-            continue
-        if response.status_code == 200 and response.json()["status"] == "ok":
-            return server
-        time.sleep(0.05)
-    stop(process)
-    pytest.fail(f"aitbc serve did not become healthy in time:\n{server.log()}")
+    try:
+        wait_healthy(process, server.base_url, server.log, START_TIMEOUT_SECONDS)
+    except BaseException:
+        stop(process)
+        raise
+    return server
 
 
 @dataclass

@@ -19,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.processes import AITBC, clean_env, free_port
+from tests.e2e.processes import AITBC, clean_env, free_port, spawn_serve
 from tests.e2e.processes import stop_process as stop
+from tests.e2e.processes import wait_healthy as wait_until_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -45,41 +46,13 @@ def start_serve(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Se
     port = free_port()
     data_dir = tmp_path / "data"
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                *AITBC,
-                "serve",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-                "--log-level",
-                "warning",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=clean_env(**env),
-            cwd=tmp_path,
-        )
+    process = spawn_serve(port, data_dir, log_path, tmp_path, **env)
     server = Server(process=process, base_url=f"http://127.0.0.1:{port}", log_path=log_path)
     return process, server
 
 
 def wait_healthy(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"aitbc serve exited with {server.process.returncode}:\n{server.log()}")
-        try:
-            response = httpx.get(server.base_url + "/health", timeout=1)
-        except httpx.TransportError:
-            time.sleep(0.05)
-            continue
-        if response.status_code == 200 and response.json()["status"] == "ok":
-            return
-        time.sleep(0.05)
-    pytest.fail(f"aitbc serve did not become healthy in time:\n{server.log()}")
+    wait_until_healthy(server.process, server.base_url, server.log, START_TIMEOUT_SECONDS)
 
 
 @pytest.fixture

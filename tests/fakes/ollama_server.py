@@ -129,7 +129,7 @@ def timestamp() -> str:
 
 
 def bundled_model() -> Path:
-    from aitbc.miner.backends.llamacpp import bundled_model_path
+    from aitbc.miner.backends.bundled import bundled_model_path
 
     return bundled_model_path()
 

@@ -41,7 +41,8 @@ from aitbc.miner.backends.base import (
     GenerationRequest,
     PromptMode,
 )
-from aitbc.miner.backends.llamacpp import LlamaCppBackend, bundled_model_path
+from aitbc.miner.backends.bundled import bundled_model_path
+from aitbc.miner.backends.llamacpp import LlamaCppBackend
 from aitbc.miner.backends.ollama import OllamaBackend
 from aitbc.miner.backends.openai import OpenAIBackend
 from tests.fakes.ollama_server import FakeOllama

@@ -24,7 +24,8 @@ import uvicorn
 
 from aitbc.api import create_app
 from aitbc.domain.signing import KeyRing
-from aitbc.miner.backends.llamacpp import DEFAULT_MODEL_NAME, LlamaCppBackend
+from aitbc.miner.backends.bundled import DEFAULT_MODEL_NAME
+from aitbc.miner.backends.llamacpp import LlamaCppBackend
 from aitbc.miner.daemon import Miner, MinerConfig
 from aitbc.sdk import verify_receipt
 from aitbc.settings import Settings

@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from aitbc.domain.canonical import FixedShapeEncoder, canonical_bytes, sha256_hex
+from aitbc.domain.canonical import (
+    MAX_SAFE_INTEGER,
+    FixedShapeEncoder,
+    canonical_bytes,
+    sha256_hex,
+)
 from aitbc.domain.money import MAX_SUPPLY_MICRO, price_for_units, to_ait, to_micro
 from aitbc.domain.signing import (
     COORDINATOR_OWNER,
@@ -33,7 +38,6 @@ from aitbc.domain.signing import (
 from aitbc.errors import ValidationFailed, VerificationFailed
 
 UNIT_TYPE_TOKENS = "tokens"
-MAX_UNITS = 2**53 - 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 # Members a receipt may carry, and those every receipt has.
@@ -295,7 +299,7 @@ def _check_members(receipt: Mapping[str, Any]) -> None:
         if not isinstance(receipt[name], str) or not receipt[name]:
             raise _invalid(name, "is not a non-empty string")
     for name in ("units", "started_at", "completed_at"):
-        if not _is_int(receipt[name]) or not 0 <= receipt[name] <= MAX_UNITS:
+        if not _is_int(receipt[name]) or not 0 <= receipt[name] <= MAX_SAFE_INTEGER:
             raise _invalid(name, "is not a non-negative integer")
     if receipt["started_at"] > receipt["completed_at"]:
         raise _invalid("started_at", "is after completed_at")

@@ -97,7 +97,6 @@ class Miner:
         self.slots = asyncio.Semaphore(max(1, config.concurrency))
         self.rng = random.Random()  # noqa: S311 - jitter, not secrets
         self._job_tasks: set[asyncio.Task[None]] = set()
-        self.completed = 0
         # Cleared while the engine cannot be reached: no jobs are taken until it is
         # back, so they are not claimed only to fail (and burn their attempts).
         self.backend_up = asyncio.Event()
@@ -333,7 +332,6 @@ class Miner:
                 return False
             log.warning("result of %s refused for good: %s", job_id, exc)
         else:
-            self.completed += 1
             log.info(
                 "job %s completed: receipt %s, %s tokens, %s AIT",
                 job_id,

@@ -99,7 +99,9 @@ def _visible_to(principal: Principal, row: JobRecord) -> bool:
     return principal.role == "miner" and row.miner_id == principal.owner_id
 
 
-def _load_visible(connection: Connection, principal: Principal, job_id: str) -> JobRecord:
+def load_visible_job(connection: Connection, principal: Principal, job_id: str) -> JobRecord:
+    """The job if the caller may see it (its client, the miner holding it, an admin);
+    404 ``job_not_found`` otherwise."""
     row = job_queries.get_job(connection, job_id)
     # A job someone else owns is reported as missing: ids are not an oracle.
     if row is None or not _visible_to(principal, row):
@@ -188,7 +190,7 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
 
 async def get(runtime: Runtime, principal: Principal, job_id: str) -> JobDocument:
     """One job, if the caller may see it."""
-    return job_document(await read(runtime.engine, _load_visible, principal, job_id))
+    return job_document(await read(runtime.engine, load_visible_job, principal, job_id))
 
 
 async def list_jobs(
@@ -241,7 +243,7 @@ async def cancel(runtime: Runtime, principal: Principal, job_id: str) -> JobDocu
     now = runtime.clock()
 
     def work(connection: Connection) -> JobRecord:
-        row = _load_visible(connection, principal, job_id)
+        row = load_visible_job(connection, principal, job_id)
         current = JobStatus(row.status)
         ensure_transition(current, JobStatus.CANCELLED)
         return _transition(

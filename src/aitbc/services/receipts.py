@@ -14,8 +14,9 @@ from sqlalchemy import Connection, Row
 
 from aitbc.errors import NotFound
 from aitbc.services.auth import require_role
+from aitbc.services.jobs import load_visible_job
 from aitbc.services.runtime import Principal, Runtime
-from aitbc.storage import job_queries, receipt_queries
+from aitbc.storage import receipt_queries
 from aitbc.storage.db import read
 
 
@@ -41,16 +42,10 @@ async def for_job(runtime: Runtime, principal: Principal, job_id: str) -> str:
     require_role(principal, "client", "miner", "admin")
 
     def work(connection: Connection) -> str:
-        job = job_queries.get_job(connection, job_id)
         row = receipt_queries.receipt_for_job(connection, job_id)
         if row is not None and _visible(principal, row):
             return str(row.document)
-        if job is None or not (
-            principal.is_admin
-            or (principal.role == "client" and job.client_id == principal.owner_id)
-            or (principal.role == "miner" and job.miner_id == principal.owner_id)
-        ):
-            raise NotFound(f"job {job_id} not found", error_code="job_not_found")
+        job = load_visible_job(connection, principal, job_id)
         raise NotFound(
             f"job {job_id} is {job.status}; a receipt exists once it is completed",
             error_code="receipt_not_found",

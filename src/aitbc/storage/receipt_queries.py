@@ -104,18 +104,14 @@ def insert_key(
     )
 
 
-def retire_keys(
-    connection: Connection, owner: str, until: datetime, *, except_key_id: str | None = None
-) -> list[str]:
-    """Retire ``owner``'s current keys (all, or all but one) as of ``until``; their ids."""
+def retire_keys(connection: Connection, owner: str, until: datetime) -> list[str]:
+    """Retire ``owner``'s current keys as of ``until``; their ids."""
     statement = (
         update(KEYS)
         .where(K.owner == owner, K.status == "current")
         .values(status="retired", valid_until=until)
         .returning(K.key_id)
     )
-    if except_key_id is not None:
-        statement = statement.where(K.key_id != except_key_id)
     return list(connection.execute(statement).scalars())
 
 

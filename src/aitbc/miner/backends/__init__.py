@@ -21,7 +21,7 @@ def create_backend(
 ) -> Backend:
     """The backend ``name`` serving ``model`` (its default model, or every model its
     server lists, when None)."""
-    from aitbc.miner.backends.llamacpp import DEFAULT_MODEL_NAME
+    from aitbc.miner.backends.bundled import DEFAULT_MODEL_NAME
 
     if name == "llamacpp":
         from aitbc.miner.backends.llamacpp import LlamaCppBackend

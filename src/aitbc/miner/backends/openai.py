@@ -11,6 +11,7 @@ is then charged as zero tokens, never more than the server reported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -71,13 +72,8 @@ class OpenAIBackend(RemoteBackend):
         usage: dict[str, Any] | None = None
         finish_reason: str | None = None
         try:
-            async with self.http.stream("POST", path, json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise self.refusal(response)
-                async for line in response.aiter_lines():
-                    if control.cancelled.is_set():
-                        raise GenerationCancelled
+            async with contextlib.aclosing(self.stream_lines(path, body, control)) as lines:
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()

@@ -5,11 +5,18 @@ HTTP failures to :class:`BackendError` reasons."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
 
-from aitbc.miner.backends.base import BACKEND_UNREACHABLE, BackendError, GenerationRequest
+from aitbc.miner.backends.base import (
+    BACKEND_UNREACHABLE,
+    BackendError,
+    GenerationCancelled,
+    GenerationControl,
+    GenerationRequest,
+)
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 300.0
@@ -82,6 +89,23 @@ class RemoteBackend:
                 retryable=True,
                 error_code="model_not_served",
             )
+
+    async def stream_lines(
+        self, path: str, body: dict[str, Any], control: GenerationControl
+    ) -> AsyncGenerator[str, None]:
+        """The non-empty lines of the streamed answer to ``body``. An error answer is
+        raised as :meth:`refusal`; a cancelled job raises GenerationCancelled at the
+        next line, which closes the stream and so stops the server generating.
+        (Use with ``contextlib.aclosing`` so an early exit closes it at once too.)"""
+        async with self.http.stream("POST", path, json=body) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise self.refusal(response)
+            async for line in response.aiter_lines():
+                if control.cancelled.is_set():
+                    raise GenerationCancelled
+                if line.strip():
+                    yield line
 
     def failure(self, path: str, exc: Exception) -> BackendError:
         """A failed request or stream as a retryable BackendError with its reason."""

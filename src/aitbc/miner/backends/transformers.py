@@ -33,7 +33,7 @@ from aitbc.miner.backends.base import (
     GenerationControl,
     GenerationRequest,
 )
-from aitbc.miner.backends.llamacpp import DEFAULT_MODEL_NAME, bundled_model_path
+from aitbc.miner.backends.bundled import DEFAULT_MODEL_NAME, bundled_model_path
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 32
