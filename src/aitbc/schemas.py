@@ -19,6 +19,12 @@ from aitbc.domain.jobs import JobStatus, Priority
 MINER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 FILE_ID_PATTERN = re.compile(r"^file_[0-9a-f]{32}$")
 MAX_MAX_TOKENS = 32_768
+# The most jobs one miner may declare it runs at once.
+MAX_MINER_CONCURRENCY = 1024
+# The most prompt tokens a miner may declare its chat template adds around a prompt.
+MAX_TEMPLATE_TOKENS = 256
+# A price (AIT per 1,000 units) above the whole supply can never be paid.
+MAX_PRICE_AIT = 10**9
 
 
 class StrictRequest(BaseModel):
@@ -101,6 +107,14 @@ class JobRequest(StrictRequest):
     priority: Priority = Priority.NORMAL
     timeout_seconds: int | None = Field(default=None, ge=1)
     output_config: OutputConfig = Field(default_factory=OutputConfig)
+    max_price: Decimal | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_PRICE_AIT,
+        decimal_places=6,
+        description="AIT per 1,000 units the client accepts at most (default from the "
+        "coordinator's settings): only miners posting at most this are offered the job",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> JobRequest:
@@ -157,6 +171,9 @@ class Job(BaseModel):
     estimated_cost: float | None = Field(description="AIT; null while no eligible miner is online")
     estimated_time_seconds: float | None = Field(
         description="seconds; null while the model has no completed jobs to learn from"
+    )
+    max_price: float | None = Field(
+        default=None, description="AIT per 1,000 units the client accepts at most"
     )
     created_at: datetime
     started_at: datetime | None
@@ -275,6 +292,11 @@ class FailureReport(StrictRequest):
     miner_id: str = Field(pattern=MINER_ID_PATTERN)
     error: str = Field(min_length=1, max_length=10_000)
     retryable: bool = True
+    handed_back: bool = Field(
+        default=False,
+        description="the miner is stopping and gives the job back unfinished: it is "
+        "requeued without using up one of its attempts",
+    )
 
 
 class GpuInfo(StrictRequest):
@@ -337,7 +359,26 @@ class MinerRegistration(StrictRequest):
     gpu_info: GpuInfo | None = None
     cpu_info: CpuInfo | None = None
     price: Decimal = Field(
-        default=Decimal(0), ge=0, decimal_places=6, description="AIT per 1,000 tokens"
+        default=Decimal(0),
+        ge=0,
+        le=MAX_PRICE_AIT,
+        decimal_places=6,
+        description="AIT per 1,000 tokens; applies to jobs claimed after it is posted",
+    )
+    concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_MINER_CONCURRENCY,
+        description="the most jobs the miner holds at once; a claim beyond it is 409 miner_busy",
+    )
+    template_tokens: dict[
+        Annotated[str, Field(min_length=1, max_length=200)],
+        Annotated[int, Field(ge=0, le=MAX_TEMPLATE_TOKENS)],
+    ] | None = Field(
+        default=None,
+        max_length=100,
+        description="per model: the most prompt tokens the miner's chat template adds to "
+        "a prompt's UTF-8 bytes; a receipt charges at most the prompt's bytes plus this",
     )
     public_key: str | None = Field(
         default=None,
@@ -362,8 +403,8 @@ class Heartbeat(StrictRequest):
     running_jobs: list[str] | None = Field(
         default=None,
         max_length=1024,
-        description="jobs the miner is running: their leases are renewed, and only theirs; "
-        "omitted, every job the miner holds is renewed",
+        description="jobs the miner is running: their leases are renewed, and only theirs "
+        "(an empty or omitted list renews none)",
     )
 
 

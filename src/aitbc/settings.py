@@ -7,6 +7,7 @@ directly with no environment tricks.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import Field
@@ -39,8 +40,18 @@ class Settings(BaseSettings):
     miner_rate_limit: str = "600/minute;20000/hour"
     # "memory://" keeps counters in-process; "redis://host:6379" shares them.
     rate_limit_storage_url: str = "memory://"
+    # The Redis shared by coordinators (DESIGN.md section 4); rate limits use it when
+    # rate_limit_storage_url is left at memory://.
+    redis_url: str | None = None
+    # Addresses of proxies whose X-Forwarded-For / X-Forwarded-Proto are believed
+    # (comma-separated IPs or networks, "*" for any); empty: none are.
+    forwarded_allow_ips: str = ""
+    # A request body must keep arriving: this long without a byte and it is dropped.
+    request_read_timeout_seconds: float = Field(default=30.0, gt=0)
 
     default_model: str = "smollm2-135m"
+    # AIT per 1,000 units a job accepts when its request names no max_price.
+    default_max_price: Decimal = Field(default=Decimal(1), ge=0, decimal_places=6)
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     sweep_interval_seconds: float = Field(default=1.0, gt=0)
@@ -52,6 +63,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     max_upload_bytes: int = Field(default=10 * 1_048_576, ge=1)
     max_prompt_chars: int = Field(default=1_000_000, ge=1)
+    # Per-client file quota, and how long an uploaded file is kept.
+    max_files_per_client: int = Field(default=100, ge=1)
+    max_file_bytes_per_client: int = Field(default=100 * 1_048_576, ge=1)
+    file_ttl_seconds: int = Field(default=7 * 86400, ge=60)
 
     log_level: str = "info"
 

@@ -69,6 +69,7 @@ def job_document(job: Row[Any] | models.Job) -> JobDocument:
             None if job.estimated_cost_micro is None else to_ait(job.estimated_cost_micro)
         ),
         "estimated_time_seconds": job.estimated_time_seconds,
+        "max_price": None if job.max_price_micro is None else to_ait(job.max_price_micro),
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "completed_at": _iso(job.completed_at),

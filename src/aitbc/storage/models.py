@@ -75,6 +75,8 @@ class ApiKey(Base):
     owner_id: Mapped[str | None] = mapped_column(String(128), index=True)
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    # The first 16 hex digits of key_hash: how keys are named in listings and revoked.
+    key_id: Mapped[str | None] = mapped_column(String(16), index=True)
 
 
 class Miner(Base):
@@ -94,6 +96,10 @@ class Miner(Base):
     status: Mapped[str] = mapped_column(String(16))
     utilisation: Mapped[float | None] = mapped_column(Float)
     running_jobs: Mapped[int] = mapped_column(Integer, default=0)
+    # The most jobs the miner holds at once (a claim beyond it is 409 miner_busy).
+    concurrency: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # {model: prompt tokens its chat template adds}, declared at registration.
+    template_tokens: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     registered_at: Mapped[datetime]
     last_heartbeat_at: Mapped[datetime | None]
 
@@ -111,6 +117,8 @@ class StoredFile(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
+    # When the file is deleted (None: kept until its owner deletes it).
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 def _partial(name: str, condition: str, *columns: Any) -> Index:
@@ -156,6 +164,12 @@ class Job(Base):
     # The miner's posted price (µAIT per 1,000 units) when it claimed the job: what
     # the receipt charges, whatever the miner posts later.
     unit_price_micro: Mapped[int | None] = mapped_column(BigInteger)
+    # The most the client accepts per 1,000 units (µAIT): only miners posting at most
+    # this may claim the job, so its receipt's unit price never exceeds it.
+    max_price_micro: Mapped[int | None] = mapped_column(BigInteger)
+    # Prompt tokens the claiming miner's chat template may add (what it declared
+    # before it claimed): the receipt's prompt tokens are bounded by it.
+    prompt_allowance_tokens: Mapped[int | None] = mapped_column(Integer)
 
     # Partial indexes hold only the jobs a query looks for: the queue stays a small
     # index however many finished jobs the table keeps, and a state change touches
