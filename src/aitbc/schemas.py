@@ -371,10 +371,13 @@ class MinerRegistration(StrictRequest):
         le=MAX_MINER_CONCURRENCY,
         description="the most jobs the miner holds at once; a claim beyond it is 409 miner_busy",
     )
-    template_tokens: dict[
-        Annotated[str, Field(min_length=1, max_length=200)],
-        Annotated[int, Field(ge=0, le=MAX_TEMPLATE_TOKENS)],
-    ] | None = Field(
+    template_tokens: (
+        dict[
+            Annotated[str, Field(min_length=1, max_length=200)],
+            Annotated[int, Field(ge=0, le=MAX_TEMPLATE_TOKENS)],
+        ]
+        | None
+    ) = Field(
         default=None,
         max_length=100,
         description="per model: the most prompt tokens the miner's chat template adds to "

@@ -113,6 +113,7 @@ class Miner:
             "cpu_info": self.hardware.cpu_info(),
             "price": str(self.config.price),
             "public_key": self.key.public_key_b64,
+            "concurrency": self.config.concurrency,
         }
 
     async def register(self) -> None:

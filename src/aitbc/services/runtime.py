@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from aitbc.domain.jobs import MinerHardware
+from aitbc.domain.jobs import MinerHardware, MinerTerms
 from aitbc.domain.signing import KeyRing, SigningKey
 from aitbc.services.dispatch import Dispatcher
 from aitbc.services.estimates import EstimateCache
@@ -67,8 +67,9 @@ class Runtime:
     # SHA-256 of key -> principal, filled on first use. Keys cannot be revoked yet;
     # whatever revokes one must drop its entry here.
     key_cache: dict[str, Principal] = field(default_factory=dict)
-    # miner id -> (what it serves, monotonic time read); refreshed after a few seconds.
-    hardware_cache: dict[str, tuple[MinerHardware, float]] = field(default_factory=dict)
+    # miner id -> (what it serves, its terms, monotonic time read); refreshed after a
+    # few seconds.
+    hardware_cache: dict[str, tuple[MinerHardware, MinerTerms, float]] = field(default_factory=dict)
     estimates: EstimateCache = field(default_factory=EstimateCache)
     # miner id -> (its current public keys, monotonic time read).
     miner_keys_cache: dict[str, tuple[KeyRing, float]] = field(default_factory=dict)
