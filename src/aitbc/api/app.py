@@ -41,13 +41,19 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await migrate.upgrade(runtime.engine)
-        written = await ensure_admin_key(runtime)
-        if written is not None:
-            print(f"aitbc: admin API key written to {written}", flush=True)
-        created = await keys.start(runtime)
-        if created is not None:
-            print(f"aitbc: receipt signing key written to {created}", flush=True)
+        try:
+            await migrate.upgrade(runtime.engine)
+            written = await ensure_admin_key(runtime)
+            if written is not None:
+                print(f"aitbc: admin API key written to {written}", flush=True)
+            created = await keys.start(runtime)
+            if created is not None:
+                print(f"aitbc: receipt signing key written to {created}", flush=True)
+        except BaseException:
+            # A refused start (a revoked admin key, a retired signing key) leaves no
+            # database connection open.
+            await runtime.engine.dispose()
+            raise
         log.info("signing receipts with key %s", runtime.signing_key().key_id)
         tasks = (
             [
