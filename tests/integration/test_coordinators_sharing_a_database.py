@@ -27,8 +27,8 @@ from aitbc.api import create_app
 from aitbc.domain.signing import KeyRing
 from aitbc.errors import InvalidRequest
 from aitbc.sdk import verify_receipt
+from aitbc.services import auth
 from aitbc.services import keys as key_service
-from aitbc.services.auth import KEY_CACHE_SECONDS
 from aitbc.services.keys import ROTATION_OVERLAP_SECONDS
 from tests.conftest import ADMIN_KEY, Coordinator, make_settings
 from tests.integration.helpers import assert_error, claim_ok, complete, ok
@@ -93,7 +93,7 @@ async def test_a_key_revoked_through_one_coordinator_is_refused_by_the_other(
         ok(revoked)
         assert_error(await coordinator.http.get("/v1/jobs", headers=first), 401)
         elapsed = await refused_within(other, first, REVOCATION_DEADLINE_SECONDS)
-        assert elapsed <= KEY_CACHE_SECONDS + 1
+        assert elapsed <= auth.KEY_CACHE_SECONDS + 1
         assert ok(await other.http.get("/v1/jobs", headers=second_headers))["total"] == 0
 
 
