@@ -448,6 +448,33 @@ class ClientCredentials(BaseModel):
     api_key: str
 
 
+API_KEY_ID_PATTERN = r"^[0-9a-f]{16}$"
+
+
+class ApiKeyInfo(BaseModel):
+    """An API key as listed: never the secret, only its ``key_id``."""
+
+    key_id: str = Field(description="the first 16 hex digits of the SHA-256 of the key")
+    role: Literal["client", "miner", "admin"]
+    owner: str | None = Field(description="the client or miner id; null for admin keys")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyInfo):
+    """A new API key: ``api_key`` is shown this once and stored only as a hash."""
+
+    api_key: str
+
+
+class ApiKeyList(BaseModel):
+    """A page of API keys, oldest first."""
+
+    keys: list[ApiKeyInfo]
+    total: int
+    has_more: bool
+
+
 class FileInfo(BaseModel):
     """An uploaded file, usable as a job's ``input`` by its ``file_id``."""
 
