@@ -202,10 +202,10 @@ async def test_multipart_text_with_nul_or_control_characters_is_422(
         lenient_http,
         client,
         b'filename="' + name.encode() + b'"',
-        b"text/plain; charset=utf-8",
+        b"text/plain ; charset=utf-8",
     )
     info = ok(good, 201)
-    assert (info["filename"], info["content_type"]) == (name, "text/plain; charset=utf-8")
+    assert (info["filename"], info["content_type"]) == (name, "text/plain ; charset=utf-8")
 
 
 def test_file_names_with_lone_surrogates_are_refused() -> None:

@@ -39,7 +39,7 @@ MAX_UTF8_BYTES_PER_CHAR = 4
 # it runs on the event loop, so a large backlog is worked off over several sweeps.
 FILE_SWEEP_BATCH = 20
 # type "/" subtype, each an RFC 9110 token, then parameters in printable ASCII.
-_CONTENT_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(;[ -~]*)?")
+_CONTENT_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+ *(;[ -~]*)?")
 # Unicode categories no file name needs: control characters (NUL above all, which
 # PostgreSQL cannot store) and lone surrogates (which UTF-8 cannot encode).
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cs"})

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from aitbc.errors import ServiceUnavailable
-from aitbc.storage.inline_sqlite import Backoff, inline_creator, is_busy, units_retried
+from aitbc.storage.inline_sqlite import UNITS_RETRIED, Backoff, inline_creator, is_busy
 
 
 def is_sqlite(url: str) -> bool:
@@ -121,7 +121,8 @@ async def _run(engine: AsyncEngine, unit: Callable[[], T]) -> T:
         except (OperationalError, DisconnectionError) as exc:
             raise _unavailable() from exc
     backoff: Backoff | None = None
-    with units_retried():
+    token = UNITS_RETRIED.set(True)
+    try:
         while True:
             try:
                 return await greenlet_spawn(unit)
@@ -133,6 +134,8 @@ async def _run(engine: AsyncEngine, unit: Callable[[], T]) -> T:
                     raise _unavailable() from exc
             except DisconnectionError as exc:
                 raise _unavailable() from exc
+    finally:
+        UNITS_RETRIED.reset(token)
 
 
 def _unavailable() -> ServiceUnavailable:
