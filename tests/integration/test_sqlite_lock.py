@@ -24,9 +24,11 @@ from aitbc.storage.inline_sqlite import LOCK_WAIT_SECONDS
 from tests.conftest import Coordinator
 from tests.integration.helpers import assert_error, ok
 
-# Answers while the lock is held must come this fast; the loop may stall this long.
+# Answers while the lock is held must come this fast, and the loop may stall at most
+# this long (a busy machine deschedules it now and then); a busy wait on the loop
+# stalls it for the whole hold or wait, and /health took 9.8 s.
 PROMPT_ANSWER_SECONDS = 0.5
-MAX_LOOP_STALL_SECONDS = 0.2
+MAX_LOOP_STALL_SECONDS = 0.5
 HOLD_SECONDS = 1.0
 TICK_SECONDS = 0.01
 
