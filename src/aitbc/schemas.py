@@ -476,7 +476,7 @@ class ApiKeyList(BaseModel):
 
 
 class FileInfo(BaseModel):
-    """An uploaded file, usable as a job's ``input`` by its ``file_id``."""
+    """An uploaded file, usable as a job's ``input`` by its ``file_id`` until it expires."""
 
     file_id: str
     filename: str
@@ -484,6 +484,17 @@ class FileInfo(BaseModel):
     size: int
     sha256: str
     created_at: datetime
+    expires_at: datetime | None = Field(
+        default=None, description="when the file is deleted (null: kept until deleted)"
+    )
+
+
+class FileList(BaseModel):
+    """One page of the caller's files, newest first."""
+
+    files: list[FileInfo]
+    total: int
+    has_more: bool
 
 
 class AdminStats(BaseModel):

@@ -80,6 +80,7 @@ async def test_heartbeats_renew_the_lease(coordinator: Coordinator) -> None:
             "requeued": 0,
             "failed": 0,
             "miners_offline": 0,
+            "files_expired": 0,
         }
         assert (await get_job(coordinator, job_id, client))["status"] == "running"
 
