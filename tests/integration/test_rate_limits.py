@@ -96,4 +96,9 @@ async def test_admin_miners_and_health_are_not_held_to_the_client_limit(
 async def test_health(coordinator: Coordinator) -> None:
     response = await coordinator.http.get("/health")
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ok", "version": __version__, "database": "ok"}
+    assert response.json() == {
+        "status": "ok",
+        "version": __version__,
+        "database": "ok",
+        "rate_limits": {"storage": "memory", "degraded": False, "detail": None},
+    }
