@@ -133,17 +133,17 @@ def parse(response: bytes) -> tuple[int, dict[str, str], dict[str, object]]:
     return int(status_line.split()[1]), headers, json.loads(body)
 
 
-def assert_timed_out(response: bytes) -> None:
+def assert_timed_out(response: bytes, reason: str) -> None:
     status, headers, body = parse(response)
     assert status == 408, response
     assert body["error_code"] == "request_timeout", body
-    assert isinstance(body["detail"], str)
+    assert reason in str(body["detail"]), body
     assert headers["connection"] == "close"
 
 
 def test_a_body_trickling_in_is_cut_off(servers: list[Server], tmp_path: Path) -> None:
-    # One byte every 2.5 s never leaves a 3 s gap: the pace rule is what stops it.
-    server = start(servers, tmp_path, AITBC_REQUEST_READ_TIMEOUT_SECONDS="3")
+    # One byte every 2.5 s never leaves a 4 s gap: the pace rule is what stops it.
+    server = start(servers, tmp_path, AITBC_REQUEST_READ_TIMEOUT_SECONDS="4")
     padded = BODY + b" " * 200
     sock = open_request(server, len(padded))
     started = time.monotonic()
@@ -159,8 +159,8 @@ def test_a_body_trickling_in_is_cut_off(servers: list[Server], tmp_path: Path) -
                 break
     elapsed = time.monotonic() - started
     assert response, "the server sent nothing"
-    assert_timed_out(response)
-    assert 2.5 <= elapsed <= 8, elapsed
+    assert_timed_out(response, "too slow")
+    assert 3.5 <= elapsed <= 9, elapsed
     assert httpx.get(server.base_url + "/health").json()["status"] == "ok"
     assert "Traceback" not in server.log(), server.log()
 
@@ -171,7 +171,7 @@ def test_a_body_that_stops_is_cut_off_after_the_gap(servers: list[Server], tmp_p
         sock.sendall(BODY[:5])
         started = time.monotonic()
         response = read_until_closed(sock, timeout=10)
-    assert_timed_out(response)
+    assert_timed_out(response, "stalled")
     assert 0.9 <= time.monotonic() - started <= 5
     assert "Traceback" not in server.log(), server.log()
 
@@ -179,17 +179,17 @@ def test_a_body_that_stops_is_cut_off_after_the_gap(servers: list[Server], tmp_p
 def test_a_slow_but_steady_body_may_take_longer_than_the_gap(
     servers: list[Server], tmp_path: Path
 ) -> None:
-    server = start(servers, tmp_path, AITBC_REQUEST_READ_TIMEOUT_SECONDS="1")
-    padded = BODY + b" " * 2400
-    chunks = [padded[offset : offset + 400] for offset in range(0, len(padded), 400)]
+    server = start(servers, tmp_path, AITBC_REQUEST_READ_TIMEOUT_SECONDS="2")
+    padded = BODY + b" " * 2984
+    chunks = [padded[offset : offset + 300] for offset in range(0, len(padded), 300)]
     started = time.monotonic()
     with open_request(server, len(padded)) as sock:
-        for chunk in chunks:  # 800 bytes/s, a chunk every 0.5 s: 3 s in all
+        for chunk in chunks:  # 600 bytes/s, a chunk every 0.5 s: 5 s in all
             sock.sendall(chunk)
             time.sleep(0.5)
         sock.settimeout(5)
         response = sock.recv(65536)
-    assert time.monotonic() - started > 2  # longer than the 1 s gap, many times over
+    assert time.monotonic() - started > 4  # twice the 2 s gap
     status, _headers, body = parse(response)
     assert status == 201, body
     assert str(body["api_key"])

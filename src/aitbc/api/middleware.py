@@ -184,12 +184,17 @@ class BodyLimitsMiddleware:
                 # before reading (a key lookup, say) is not the client's.
                 first_read_at = now
             allowance = first_read_at + gap + received / MIN_BODY_BYTES_PER_SECOND
+            stalled = now + gap <= allowance
             try:
-                async with asyncio.timeout_at(min(now + gap, allowance)):
+                async with asyncio.timeout_at(now + gap if stalled else allowance):
                     message = await receive()
             except TimeoutError:
-                await answer_timed_out()
-                raise _ReadTimedOut(gap) from None
+                if stalled:
+                    detail = f"request body stalled: no data for {gap:g} s"
+                else:
+                    detail = f"request body too slow: under {MIN_BODY_BYTES_PER_SECOND} bytes/s"
+                await answer_timed_out(detail)
+                raise _ReadTimedOut(detail) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -199,7 +204,7 @@ class BodyLimitsMiddleware:
                 body_complete = True
             return message
 
-        async def answer_timed_out() -> None:
+        async def answer_timed_out(detail: str) -> None:
             nonlocal answered
             if response_started:
                 return
@@ -207,11 +212,7 @@ class BodyLimitsMiddleware:
             await _send_json(
                 send,
                 408,
-                {
-                    "detail": f"request body not received in time (a gap over {gap:g} s, "
-                    f"or under {MIN_BODY_BYTES_PER_SECOND} bytes/s)",
-                    "error_code": "request_timeout",
-                },
+                {"detail": detail, "error_code": "request_timeout"},
                 [(b"connection", b"close")],
             )
 
@@ -240,5 +241,5 @@ class _BodyTooLarge(HTTPException):
 class _ReadTimedOut(HTTPException):
     """Unwinds the app once the 408 is sent; an HTTPException so FastAPI passes it on."""
 
-    def __init__(self, gap: float) -> None:
-        super().__init__(408, f"request body not received in time (gap {gap:g} s)")
+    def __init__(self, detail: str) -> None:
+        super().__init__(408, detail)
