@@ -18,8 +18,8 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
-    Integer,
     Connection,
+    Integer,
     Row,
     Select,
     Table,
