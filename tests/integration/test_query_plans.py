@@ -25,7 +25,7 @@ HARDWARE = MinerHardware(
 )
 QUERIES: dict[str, tuple[Any, str]] = {
     "dispatch": (
-        job_queries.next_jobs_statement(HARDWARE).params(price=10),
+        job_queries.next_jobs_statement(HARDWARE).params(price=10, miner="m"),
         "ix_jobs_dispatch",
     ),
     "running jobs of a miner": (

@@ -336,14 +336,16 @@ def _take_next_pending(
 ) -> tuple[Taker, JobRecord | None]:
     """The miner as the dispatcher sees it now, and the first pending job it may run
     that no other poll was just offered (marked as offered to it), if it may take one."""
-    running = job_queries.running_count(connection, miner_id)
-    taker = Taker(miner_id, hardware, terms.price_micro, terms.concurrency - running)
-    if not dispatcher.may_receive(taker):
-        return taker, None
     while True:
         # Enough jobs that one is not on offer elsewhere, unless the queue has no more.
         limit = len(dispatcher.offered_ids()) + 1
-        rows = job_queries.next_jobs(connection, hardware, terms.price_micro, limit)
+        rows = job_queries.next_jobs(connection, hardware, miner_id, terms.price_micro, limit)
+        running = (
+            rows[0].poller_running if rows else job_queries.running_count(connection, miner_id)
+        )
+        taker = Taker(miner_id, hardware, terms.price_micro, terms.concurrency - running)
+        if not dispatcher.may_receive(taker):
+            return taker, None
         # Nothing is awaited between reading the offers and marking one: atomic.
         offered = dispatcher.offered_ids()
         chosen = next(
@@ -364,19 +366,16 @@ def _take_next_pending(
 async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: str) -> JobDocument:
     """Give a pending job to this miner with a lease; exactly one concurrent claim wins."""
     require_miner(principal, miner_id)
-    hardware, _cached_terms = await miner_service.profile(runtime, miner_id)
+    # The price and concurrency are read by the claim itself, as they are now; the
+    # (cached) profile gives what the miner serves and its template allowances.
+    hardware, declared = await miner_service.profile(runtime, miner_id)
     now = runtime.clock()
     lease_until = now + timedelta(seconds=runtime.settings.lease_seconds)
 
     def work(connection: Connection) -> JobRecord:
-        # The miner's terms as they are now, its row locked: the price it posts at
-        # this moment is the job's price, and its running jobs are counted exactly.
-        terms = miner_queries.lock_terms(connection, miner_id)
-        if terms is None:
-            raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
-        row = job_queries.claim(connection, hardware, terms, job_id, miner_id, now, lease_until)
+        row = job_queries.claim(connection, hardware, declared, job_id, miner_id, now, lease_until)
         if row is None:
-            _explain_refused_claim(connection, job_id, miner_id, hardware, terms, now)
+            _explain_refused_claim(connection, job_id, miner_id, hardware, now)
         return row
 
     row = await transaction(runtime.engine, work)
@@ -389,11 +388,13 @@ def _explain_refused_claim(
     job_id: str,
     miner_id: str,
     hardware: MinerHardware,
-    terms: MinerTerms,
     now: datetime,
 ) -> NoReturn:
     """Raise the reason a claim did not match: missing, taken, ineligible, too dear,
     the miner busy, timed out."""
+    terms = miner_queries.terms(connection, miner_id)
+    if terms is None:
+        raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
     row = job_queries.get_job(connection, job_id)
     if row is None:
         raise NotFound(f"job {job_id} not found", error_code="job_not_found")

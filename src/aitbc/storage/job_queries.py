@@ -37,9 +37,10 @@ from sqlalchemy import (
 )
 
 from aitbc.domain.jobs import JobStatus, MinerHardware, MinerTerms
-from aitbc.storage.models import Job
+from aitbc.storage.models import Job, Miner
 
 JOBS = cast(Table, Job.__table__)
+MINERS = cast(Table, Miner.__table__)
 C = JOBS.c
 JobRecord = Row[Any]
 HARDWARE_CACHE_SIZE = 1024
@@ -77,8 +78,26 @@ def dispatch_filter(hardware: MinerHardware) -> ColumnElement[bool]:
     )
 
 
-# The polling or claiming miner's posted price, µAIT per 1,000 units.
+# The polling miner's posted price, µAIT per 1,000 units.
 _PRICE = bindparam("price", type_=BigInteger())
+_HELD = JOBS.alias("held")
+# The polling or claiming miner's running jobs, counted over an alias: the claim
+# updates the same table, and an unaliased subquery would be correlated with the row
+# being claimed (the poll's reads the same rows as its outer query).
+_HELD_BY_POLLER = (
+    select(func.count())
+    .select_from(_HELD)
+    .where(_HELD.c.status == literal_column("'running'"), _HELD.c.miner_id == bindparam("miner"))
+    .scalar_subquery()
+)
+_HELD_BY_CLAIMER = _HELD_BY_POLLER
+# The claimer's terms as they are when it claims (its row, in the claim's statement).
+_CLAIMER_PRICE = (
+    select(MINERS.c.price_micro).where(MINERS.c.id == bindparam("claimer")).scalar_subquery()
+)
+_CLAIMER_CONCURRENCY = (
+    select(MINERS.c.concurrency).where(MINERS.c.id == bindparam("claimer")).scalar_subquery()
+)
 
 
 def price_filter() -> ColumnElement[bool]:
@@ -90,7 +109,7 @@ def price_filter() -> ColumnElement[bool]:
 @lru_cache(maxsize=HARDWARE_CACHE_SIZE)
 def next_jobs_statement(hardware: MinerHardware) -> Select[Any]:
     return (
-        select(JOBS)
+        select(JOBS, _HELD_BY_POLLER.label("poller_running"))
         .where(dispatch_filter(hardware), price_filter())
         .order_by(C.priority.desc(), C.created_at, C.id)
         .limit(bindparam("limit"))
@@ -98,12 +117,13 @@ def next_jobs_statement(hardware: MinerHardware) -> Select[Any]:
 
 
 def next_jobs(
-    connection: Connection, hardware: MinerHardware, price_micro: int, limit: int
+    connection: Connection, hardware: MinerHardware, miner_id: str, price_micro: int, limit: int
 ) -> list[JobRecord]:
     """Up to ``limit`` pending jobs ``hardware`` may run at ``price_micro``, in dispatch
-    order: highest priority, then oldest."""
+    order (highest priority, then oldest), each row also carrying ``poller_running``:
+    how many jobs ``miner_id`` runs now (one statement for both on the hot path)."""
     result = connection.execute(
-        next_jobs_statement(hardware), {"limit": limit, "price": price_micro}
+        next_jobs_statement(hardware), {"limit": limit, "price": price_micro, "miner": miner_id}
     )
     return list(result.all())
 
@@ -118,15 +138,6 @@ def running_count_statement() -> Select[Any]:
 
 
 _RUNNING_COUNT = running_count_statement()
-_HELD = JOBS.alias("held")
-# The claimer's running jobs, counted over an alias: the claim updates the same table,
-# and an unaliased subquery would be correlated with the row being claimed.
-_HELD_BY_CLAIMER = (
-    select(func.count())
-    .select_from(_HELD)
-    .where(_HELD.c.status == literal_column("'running'"), _HELD.c.miner_id == bindparam("miner"))
-    .scalar_subquery()
-)
 
 
 def running_count(connection: Connection, miner_id: str) -> int:
@@ -141,10 +152,11 @@ def _claim_statement(hardware: MinerHardware) -> Update:
         .where(
             C.id == bindparam("job_id"),
             dispatch_filter(hardware),
-            price_filter(),
+            # The price the claimer posts now is one the client accepts...
+            or_(C.max_price_micro.is_(None), C.max_price_micro >= _CLAIMER_PRICE),
             C.deadline_at > bindparam("now"),
-            # The claimer holds fewer jobs than it declared it runs at once.
-            bindparam("concurrency", type_=Integer()) > _HELD_BY_CLAIMER,
+            # ...and it holds fewer jobs than it declared it runs at once.
+            _CLAIMER_CONCURRENCY > _HELD_BY_CLAIMER,
         )
         .values(
             status=JobStatus.RUNNING.value,
@@ -156,9 +168,9 @@ def _claim_statement(hardware: MinerHardware) -> Update:
             # A new attempt starts clean; an earlier attempt's error no longer applies.
             error=None,
             error_code=None,
-            # The price the miner posts now (read in this transaction, its row
-            # locked) is the price of this job, whatever it posts later.
-            unit_price_micro=_PRICE,
+            # The price the miner posts now is the price of this job, whatever it
+            # posts later.
+            unit_price_micro=_CLAIMER_PRICE,
             prompt_allowance_tokens=_allowance_by_model(hardware),
         )
         .returning(JOBS)
@@ -174,21 +186,31 @@ def claim(
     now: datetime,
     lease_until: datetime,
 ) -> JobRecord | None:
-    """Make a pending job this miner may run at its price ``running`` under its
-    lease, if the miner holds fewer jobs than its concurrency; None otherwise."""
+    """Make a pending job this miner may run at the price it posts now ``running``
+    under its lease, if it holds fewer jobs than its concurrency; None otherwise.
+
+    The price and concurrency are read from the miner's row by the statement itself.
+    ``terms`` gives the template allowances the miner declared (its registration
+    as last read). On PostgreSQL the miner's row is locked first, so two claims by
+    one miner are decided one after the other: each counts the other's committed
+    claim (one statement's snapshot would not). SQLite has one writer at a time.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(_LOCK_CLAIMER, {"claimer": miner_id})
     parameters: dict[str, Any] = {
         "job_id": job_id,
         "claimer": miner_id,
         "miner": miner_id,
         "now": now,
         "lease_until": lease_until,
-        "price": terms.price_micro,
-        "concurrency": terms.concurrency,
     }
     for index, model in enumerate(sorted(hardware.models)):
         parameters[f"allowance_{index}"] = terms.prompt_allowance(model)
     result = connection.execute(_claim_statement(hardware), parameters)
     return result.first()
+
+
+_LOCK_CLAIMER = select(MINERS.c.id).where(MINERS.c.id == bindparam("claimer")).with_for_update()
 
 
 def _allowance_by_model(hardware: MinerHardware) -> ColumnElement[Any]:
