@@ -186,6 +186,7 @@ class TransformersBackend:
     def _run_batch(self, batch: list[_Row]) -> None:
         """Decode ``batch`` together until every row is done (in a worker thread)."""
         import torch
+        from transformers import DynamicCache
 
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, len(batch))
@@ -226,7 +227,9 @@ class TransformersBackend:
         budget = [
             min(row.request.max_tokens, self.context_tokens - len(row.prompt_ids)) for row in live
         ]
-        cache: Any = None
+        # One key/value cache for the whole batch, which every forward pass extends in
+        # place (transformers' Cache API: ``cache=`` in, the same object out).
+        cache = DynamicCache(config=self.model.config)
         step_ids = input_ids
         with torch.inference_mode():
             while not all(row.done for row in live):
@@ -235,10 +238,9 @@ class TransformersBackend:
                     input_ids=step_ids,
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                 )
-                cache = output.past_key_values
                 logits = output.logits[:, -1, :].float()
                 next_ids = []
                 for index, row in enumerate(live):
