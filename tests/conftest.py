@@ -22,6 +22,7 @@ from aitbc.services.runtime import Runtime
 from aitbc.settings import Settings, to_async_url
 
 ADMIN_KEY = "test-admin-key"
+TEST_MINER_CONCURRENCY = 16
 PG_URL = os.environ.get("AITBC_TEST_DATABASE_URL")
 BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
 
@@ -75,7 +76,14 @@ class Coordinator:
     async def new_miner(
         self, miner_id: str, models: list[str] | None = None, **extra: Any
     ) -> dict[str, str]:
-        payload = {"miner_id": miner_id, "capabilities": models or ["smollm2-135m"], **extra}
+        # Tests hold several jobs per miner unless they test the limit itself.
+        payload = {
+            "miner_id": miner_id,
+            "capabilities": models or ["smollm2-135m"],
+            "concurrency": TEST_MINER_CONCURRENCY,
+            **extra,
+        }
+        payload = {name: value for name, value in payload.items() if value is not None}
         response = await self.http.post("/v1/miners/register", json=payload)
         assert response.status_code == 201, response.text
         return {"X-Api-Key": response.json()["api_key"]}

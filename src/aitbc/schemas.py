@@ -371,10 +371,13 @@ class MinerRegistration(StrictRequest):
         le=MAX_MINER_CONCURRENCY,
         description="the most jobs the miner holds at once; a claim beyond it is 409 miner_busy",
     )
-    template_tokens: dict[
-        Annotated[str, Field(min_length=1, max_length=200)],
-        Annotated[int, Field(ge=0, le=MAX_TEMPLATE_TOKENS)],
-    ] | None = Field(
+    template_tokens: (
+        dict[
+            Annotated[str, Field(min_length=1, max_length=200)],
+            Annotated[int, Field(ge=0, le=MAX_TEMPLATE_TOKENS)],
+        ]
+        | None
+    ) = Field(
         default=None,
         max_length=100,
         description="per model: the most prompt tokens the miner's chat template adds to "
@@ -445,8 +448,35 @@ class ClientCredentials(BaseModel):
     api_key: str
 
 
+API_KEY_ID_PATTERN = r"^[0-9a-f]{16}$"
+
+
+class ApiKeyInfo(BaseModel):
+    """An API key as listed: never the secret, only its ``key_id``."""
+
+    key_id: str = Field(description="the first 16 hex digits of the SHA-256 of the key")
+    role: Literal["client", "miner", "admin"]
+    owner: str | None = Field(description="the client or miner id; null for admin keys")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyInfo):
+    """A new API key: ``api_key`` is shown this once and stored only as a hash."""
+
+    api_key: str
+
+
+class ApiKeyList(BaseModel):
+    """A page of API keys, oldest first."""
+
+    keys: list[ApiKeyInfo]
+    total: int
+    has_more: bool
+
+
 class FileInfo(BaseModel):
-    """An uploaded file, usable as a job's ``input`` by its ``file_id``."""
+    """An uploaded file, usable as a job's ``input`` by its ``file_id`` until it expires."""
 
     file_id: str
     filename: str
@@ -454,6 +484,17 @@ class FileInfo(BaseModel):
     size: int
     sha256: str
     created_at: datetime
+    expires_at: datetime | None = Field(
+        default=None, description="when the file is deleted (null: kept until deleted)"
+    )
+
+
+class FileList(BaseModel):
+    """One page of the caller's files, newest first."""
+
+    files: list[FileInfo]
+    total: int
+    has_more: bool
 
 
 class AdminStats(BaseModel):

@@ -61,9 +61,13 @@ class Settings(BaseSettings):
     max_timeout_seconds: int = Field(default=86400, ge=1)
 
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
-    max_upload_bytes: int = Field(default=10 * 1_048_576, ge=1)
+    # An uploaded file is only ever used as a prompt, and UTF-8 spends at most 4 bytes
+    # on a character: uploads are capped at min(max_upload_bytes, 4 * max_prompt_chars)
+    # bytes (services.files.upload_limit), which the defaults make equal.
+    max_upload_bytes: int = Field(default=4_000_000, ge=1)
     max_prompt_chars: int = Field(default=1_000_000, ge=1)
-    # Per-client file quota, and how long an uploaded file is kept.
+    # Per-client file quota over files not yet expired (409 file_quota_exceeded beyond
+    # it), and how long an uploaded file is kept before the sweeper deletes it.
     max_files_per_client: int = Field(default=100, ge=1)
     max_file_bytes_per_client: int = Field(default=100 * 1_048_576, ge=1)
     file_ttl_seconds: int = Field(default=7 * 86400, ge=60)

@@ -111,7 +111,7 @@ async def heartbeat(
     **extra: Any,
 ) -> dict[str, Any]:
     payload: dict[str, Any] = dict(extra)
-    if running_jobs is not None:  # omitted: "renew every job I hold"
+    if running_jobs is not None:  # omitted: renews none (as an empty list)
         payload["running_jobs"] = running_jobs
     body: dict[str, Any] = ok(
         await coordinator.http.post(

@@ -3,6 +3,8 @@ shape of error bodies."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,8 +76,16 @@ ADMIN_CALLS = [
     Call("GET", "/v1/admin/jobs"),
     Call("GET", "/v1/admin/stats"),
     Call("POST", "/v1/admin/clients", json={"name": "ops"}),
+    Call("GET", "/v1/admin/keys"),
+    Call("DELETE", "/v1/admin/keys/0123456789abcdef"),
 ]
-PROTECTED_CALLS = [*CLIENT_CALLS, *JOB_READ_CALLS, *MINER_CALLS, *ADMIN_CALLS]
+# Any role, on the caller's own keys.
+OWN_KEY_CALLS = [
+    Call("GET", "/v1/auth/keys"),
+    Call("POST", "/v1/auth/keys"),
+    Call("DELETE", "/v1/auth/keys/0123456789abcdef"),
+]
+PROTECTED_CALLS = [*CLIENT_CALLS, *JOB_READ_CALLS, *MINER_CALLS, *ADMIN_CALLS, *OWN_KEY_CALLS]
 
 
 async def _world(coordinator: Coordinator) -> tuple[dict[str, str], dict[str, str], str]:
@@ -354,3 +364,223 @@ async def test_error_bodies_have_the_contract_shape(coordinator: Coordinator) ->
     job_id = (await coordinator.submit(client))["job_id"]
     await claim_ok(coordinator, job_id, "m1", miner)
     assert_error(await coordinator.claim(job_id, "m1", miner), 409)
+
+
+# --- API keys: own keys, admin keys, revocation --------------------------------------
+
+
+def key_id_of(headers: dict[str, str]) -> str:
+    """The contract's key id: the first 16 hex digits of the SHA-256 of the key."""
+    return hashlib.sha256(headers["X-Api-Key"].encode()).hexdigest()[:16]
+
+
+async def own_keys(coordinator: Coordinator, headers: dict[str, str]) -> list[dict[str, Any]]:
+    body = ok(await coordinator.http.get("/v1/auth/keys", headers=headers))
+    assert body["total"] == len(body["keys"]) and body["has_more"] is False, body
+    keys: list[dict[str, Any]] = body["keys"]
+    return keys
+
+
+async def new_key(coordinator: Coordinator, headers: dict[str, str]) -> dict[str, str]:
+    created = ok(await coordinator.http.post("/v1/auth/keys", headers=headers), 201)
+    return {"X-Api-Key": created["api_key"]}
+
+
+async def test_a_client_lists_creates_and_revokes_its_own_keys(coordinator: Coordinator) -> None:
+    http = coordinator.http
+    client_id, first = await coordinator.new_client()
+    [listed] = await own_keys(coordinator, first)
+    assert listed == {
+        "key_id": key_id_of(first),
+        "role": "client",
+        "owner": client_id,
+        "created_at": "2026-02-13T10:00:00Z",
+        "revoked_at": None,
+    }
+
+    coordinator.clock.advance(5)
+    created = ok(await http.post("/v1/auth/keys", headers=first), 201)
+    second = {"X-Api-Key": created["api_key"]}
+    assert created["key_id"] == key_id_of(second) != listed["key_id"]
+    assert created["role"] == "client" and created["owner"] == client_id
+    assert created["created_at"] == "2026-02-13T10:00:05Z" and created["revoked_at"] is None
+    # The new key acts for the same account.
+    job = await coordinator.submit(second)
+    assert job["client_id"] == client_id
+    assert (await get_job(coordinator, job["job_id"], first))["job_id"] == job["job_id"]
+    listing = await own_keys(coordinator, second)
+    assert [key["key_id"] for key in listing] == [key_id_of(first), key_id_of(second)]
+    assert all("api_key" not in key for key in listing)  # shown once, never listed
+
+    # Revoke the first key with the second: refused at once, the second still works.
+    coordinator.clock.advance(5)
+    revoked = ok(await http.delete(f"/v1/auth/keys/{key_id_of(first)}", headers=second))
+    assert revoked["key_id"] == key_id_of(first)
+    assert revoked["revoked_at"] == "2026-02-13T10:00:10Z"
+    assert_error(await http.get("/v1/jobs", headers=first), 401, "invalid_api_key")
+    assert ok(await http.get("/v1/jobs", headers=second))["total"] == 1
+    listing = await own_keys(coordinator, second)
+    assert [key["revoked_at"] for key in listing] == ["2026-02-13T10:00:10Z", None]
+    # Revoking it again changes nothing.
+    coordinator.clock.advance(5)
+    again = ok(await http.delete(f"/v1/auth/keys/{key_id_of(first)}", headers=second))
+    assert again["revoked_at"] == "2026-02-13T10:00:10Z"
+
+    # The last active key is kept, so the account cannot lock itself out.
+    last = await http.delete(f"/v1/auth/keys/{key_id_of(second)}", headers=second)
+    assert_error(last, 409, "last_api_key")
+    assert ok(await http.get("/v1/jobs", headers=second))["total"] == 1
+    # With another key, the key in use may revoke itself.
+    third = await new_key(coordinator, second)
+    ok(await http.delete(f"/v1/auth/keys/{key_id_of(second)}", headers=second))
+    assert_error(await http.get("/v1/jobs", headers=second), 401, "invalid_api_key")
+    assert ok(await http.get("/v1/jobs", headers=third))["total"] == 1
+
+
+async def test_keys_of_others_can_be_neither_seen_nor_revoked(coordinator: Coordinator) -> None:
+    http = coordinator.http
+    alice_id, alice = await coordinator.new_client()
+    _bob_id, bob = await coordinator.new_client()
+    miner = await coordinator.new_miner("m1")
+    await new_key(coordinator, bob)  # so revoking bob's first key would be allowed to bob
+    assert [key["owner"] for key in await own_keys(coordinator, alice)] == [alice_id]
+    assert {key["owner"] for key in await own_keys(coordinator, miner)} == {"m1"}
+
+    for caller, victim in ((alice, bob), (miner, alice), (alice, miner), (alice, ADMIN)):
+        victim_headers = coordinator.admin_headers if victim is ADMIN else victim
+        response = await http.delete(f"/v1/auth/keys/{key_id_of(victim_headers)}", headers=caller)
+        assert_error(response, 404, "api_key_not_found")
+    # Nothing was revoked.
+    assert ok(await http.get("/v1/jobs", headers=bob))["total"] == 0
+    assert ok(await http.get("/v1/jobs", headers=alice))["total"] == 0
+    ok(await http.post("/v1/miners/m1/heartbeat", json={"running_jobs": []}, headers=miner))
+    ok(await http.get("/v1/admin/stats", headers=coordinator.admin_headers))
+    # An id that names no key, and one that is not a key id at all.
+    assert_error(await http.delete("/v1/auth/keys/0123456789abcdef", headers=alice), 404)
+    assert_error(await http.delete("/v1/auth/keys/not-a-key-id", headers=alice), 422)
+    assert_error(await http.delete(f"/v1/auth/keys/{'A' * 16}", headers=alice), 422)
+
+
+ADMIN: dict[str, str] = {}  # stands for the admin key in the table above
+
+
+async def test_a_miner_key_made_by_the_miner_acts_as_that_miner(coordinator: Coordinator) -> None:
+    http = coordinator.http
+    first = await coordinator.new_miner("m1")
+    second = ok(await http.post("/v1/auth/keys", headers=first), 201)
+    assert second["role"] == "miner" and second["owner"] == "m1"
+    headers = {"X-Api-Key": second["api_key"]}
+    ok(await http.post("/v1/miners/m1/heartbeat", json={"running_jobs": []}, headers=headers))
+    ok(await http.delete(f"/v1/auth/keys/{key_id_of(first)}", headers=headers))
+    beat = await http.post("/v1/miners/m1/heartbeat", json={"running_jobs": []}, headers=first)
+    assert_error(beat, 401, "invalid_api_key")
+    assert_error(await http.get("/v1/admin/keys", headers=headers), 403)
+
+
+async def test_an_account_holds_a_bounded_number_of_keys(coordinator: Coordinator) -> None:
+    from aitbc.services.auth import MAX_ACTIVE_KEYS
+
+    _client_id, client = await coordinator.new_client()
+    made = [await new_key(coordinator, client) for _ in range(MAX_ACTIVE_KEYS - 1)]
+    refused = await coordinator.http.post("/v1/auth/keys", headers=client)
+    assert_error(refused, 409, "too_many_api_keys")
+    assert len(await own_keys(coordinator, client)) == MAX_ACTIVE_KEYS
+    # A revoked key frees its place.
+    ok(await coordinator.http.delete(f"/v1/auth/keys/{key_id_of(made[0])}", headers=client))
+    await new_key(coordinator, client)
+
+
+RACE_ROUNDS = 8
+
+
+async def test_concurrent_revocations_keep_the_last_key(coordinator: Coordinator) -> None:
+    # Each round races two requests that each revoke the other's key; without the
+    # lock on the owner's keys PostgreSQL lets both through about every other round.
+    for _round in range(RACE_ROUNDS):
+        client_id, first = await coordinator.new_client()
+        second = await new_key(coordinator, first)
+        answers = await asyncio.gather(
+            coordinator.http.delete(f"/v1/auth/keys/{key_id_of(first)}", headers=second),
+            coordinator.http.delete(f"/v1/auth/keys/{key_id_of(second)}", headers=first),
+        )
+        # One wins; the other is refused as the last key (409), or its key is gone
+        # (401) when the winner finished before it was authenticated.
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses in ([200, 401], [200, 409]), answers
+        keys = await own_keys_of(coordinator, client_id)
+        assert len([key for key in keys if not key["revoked_at"]]) == 1, keys
+
+
+async def own_keys_of(coordinator: Coordinator, owner: str) -> list[dict[str, Any]]:
+    body = ok(
+        await coordinator.http.get(
+            "/v1/admin/keys", params={"owner": owner}, headers=coordinator.admin_headers
+        )
+    )
+    keys: list[dict[str, Any]] = body["keys"]
+    return keys
+
+
+async def test_admin_lists_and_revokes_any_key(coordinator: Coordinator) -> None:
+    http = coordinator.http
+    admin = coordinator.admin_headers
+    coordinator.clock.advance(1)  # after the admin key, made at start-up
+    alice_id, alice = await coordinator.new_client()
+    coordinator.clock.advance(1)
+    _bob_id, bob = await coordinator.new_client()
+    coordinator.clock.advance(1)
+    miner = await coordinator.new_miner("m1")
+    coordinator.clock.advance(1)
+    alice_second = await new_key(coordinator, alice)
+
+    everything = ok(await http.get("/v1/admin/keys", headers=admin))
+    assert [key["key_id"] for key in everything["keys"]] == [
+        key_id_of(admin),
+        key_id_of(alice),
+        key_id_of(bob),
+        key_id_of(miner),
+        key_id_of(alice_second),
+    ]
+    assert everything["total"] == 5 and everything["has_more"] is False
+    assert everything["keys"][0]["role"] == "admin" and everything["keys"][0]["owner"] is None
+    of_alice = await own_keys_of(coordinator, alice_id)
+    assert [key["key_id"] for key in of_alice] == [key_id_of(alice), key_id_of(alice_second)]
+    miners = ok(await http.get("/v1/admin/keys", params={"role": "miner"}, headers=admin))
+    assert [key["owner"] for key in miners["keys"]] == ["m1"]
+    page = ok(await http.get("/v1/admin/keys", params={"limit": 2, "offset": 1}, headers=admin))
+    assert [key["key_id"] for key in page["keys"]] == [key_id_of(alice), key_id_of(bob)]
+    assert page["total"] == 5 and page["has_more"] is True
+    # The admin's own keys are the admin keys.
+    assert [key["key_id"] for key in await own_keys(coordinator, admin)] == [key_id_of(admin)]
+
+    # An admin may revoke a client's or miner's last key: that shuts it out.
+    for victim in (bob, miner):
+        revoked = ok(await http.delete(f"/v1/admin/keys/{key_id_of(victim)}", headers=admin))
+        assert revoked["revoked_at"] == "2026-02-13T10:00:04Z"
+    assert_error(await http.get("/v1/jobs", headers=bob), 401, "invalid_api_key")
+    assert_error(
+        await http.get("/v1/jobs/available", params={"miner_id": "m1"}, headers=miner), 401
+    )
+    assert ok(await http.get("/v1/jobs", headers=alice))["total"] == 0
+    assert_error(await http.delete("/v1/admin/keys/0123456789abcdef", headers=admin), 404)
+    # But not the last admin key.
+    last = await http.delete(f"/v1/admin/keys/{key_id_of(admin)}", headers=admin)
+    assert_error(last, 409, "last_api_key")
+    assert_error(await http.delete(f"/v1/auth/keys/{key_id_of(admin)}", headers=admin), 409)
+    ok(await http.get("/v1/admin/stats", headers=admin))
+
+
+async def test_an_admin_key_made_through_the_api_is_an_admin_key(
+    coordinator: Coordinator,
+) -> None:
+    http = coordinator.http
+    created = ok(await http.post("/v1/auth/keys", headers=coordinator.admin_headers), 201)
+    assert created["role"] == "admin" and created["owner"] is None
+    second = {"X-Api-Key": created["api_key"]}
+    ok(await http.get("/v1/admin/stats", headers=second))
+    # Now the configured one may go (until a restart configured with it: see the
+    # restart tests), and the new one is the last.
+    configured = coordinator.admin_headers
+    ok(await http.delete(f"/v1/auth/keys/{key_id_of(configured)}", headers=second))
+    assert_error(await http.get("/v1/admin/stats", headers=configured), 401, "invalid_api_key")
+    assert_error(await http.delete(f"/v1/admin/keys/{key_id_of(second)}", headers=second), 409)

@@ -37,7 +37,9 @@ async def test_cost_is_units_times_median_price_of_eligible_miners(
         "a100", price="0.05", gpu_info={"name": "NVIDIA A100-SXM4-80GB", "memory": "80GB"}
     )
 
-    job = await coordinator.submit(client, prompt=PROMPT_41_CHARS, params={"max_tokens": 90})
+    job = await coordinator.submit(
+        client, prompt=PROMPT_41_CHARS, params={"max_tokens": 90}, max_price=1000
+    )
     # units = 11 + 90 = 101; eligible prices 0.05, 0.1, 0.333333, 5, 7 -> median 0.333333.
     # 101 × 333_333 µAIT / 1000 = 33_666.633 µAIT -> 33_667 µAIT = 0.033667 AIT.
     assert job["estimated_cost"] == 0.033667
@@ -49,12 +51,13 @@ async def test_cost_is_units_times_median_price_of_eligible_miners(
         prompt=PROMPT_41_CHARS,
         params={"max_tokens": 90},
         requirements={"gpu_type": "a100"},
+        max_price=1000,
     )
     # Only the A100 miner qualifies: 101 × 50_000 µAIT / 1000 = 5_050 µAIT.
     assert a100_job["estimated_cost"] == 0.00505
 
     llama_job = await coordinator.submit(
-        client, model="llama3.2", prompt="abcd", params={"max_tokens": 999}
+        client, model="llama3.2", prompt="abcd", params={"max_tokens": 999}, max_price=1000
     )
     # units = 1 + 999 = 1000 at 1000 AIT per 1000 units.
     assert llama_job["estimated_cost"] == 1000
@@ -69,7 +72,7 @@ async def test_silent_miners_stop_counting(coordinator: Coordinator) -> None:
     await coordinator.new_miner("two", price=2)
     await coordinator.new_miner("three", price=3)
     prompt = "y" * 40  # 10 prompt tokens
-    job = await coordinator.submit(client, prompt=prompt, params={"max_tokens": 90})
+    job = await coordinator.submit(client, prompt=prompt, params={"max_tokens": 90}, max_price=3)
     assert job["estimated_cost"] == 0.2  # 100 units at the median of (1, 2, 3)
 
     coordinator.clock.advance(61)  # all silent for longer than miner_offline_after_seconds

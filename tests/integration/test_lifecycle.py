@@ -80,6 +80,7 @@ async def test_heartbeats_renew_the_lease(coordinator: Coordinator) -> None:
             "requeued": 0,
             "failed": 0,
             "miners_offline": 0,
+            "files_expired": 0,
         }
         assert (await get_job(coordinator, job_id, client))["status"] == "running"
 
@@ -88,15 +89,22 @@ async def test_heartbeats_renew_the_lease(coordinator: Coordinator) -> None:
     assert (await get_job(coordinator, job_id, client))["status"] == "pending"
 
 
-async def test_a_heartbeat_without_a_job_list_still_renews(coordinator: Coordinator) -> None:
+@pytest.mark.parametrize("listed", [None, []], ids=["absent", "empty"])
+async def test_a_heartbeat_renews_no_job_it_does_not_list(
+    coordinator: Coordinator, listed: list[str] | None
+) -> None:
+    # A miner must not hoard jobs by heartbeating without saying it runs them.
     _client_id, client = await coordinator.new_client()
     m1 = await coordinator.new_miner("m1")
     job_id = (await running_job(coordinator, client, "m1", m1))["job_id"]
-    for _ in range(3):
-        coordinator.clock.advance(LEASE_SECONDS - 1)
-        await heartbeat(coordinator, "m1", m1)
-        await sweep(coordinator)
-    assert (await get_job(coordinator, job_id, client))["status"] == "running"
+    coordinator.clock.advance(LEASE_SECONDS - 1)
+    beat: dict[str, Any] = {} if listed is None else {"running_jobs": listed}
+    await heartbeat(coordinator, "m1", m1, **beat)
+    coordinator.clock.advance(2)
+    await sweep(coordinator)
+    lapsed = await get_job(coordinator, job_id, client)
+    assert lapsed["status"] == "pending"
+    assert lapsed["error_code"] == "lease_expired"
 
 
 async def test_progress_renews_the_lease(coordinator: Coordinator) -> None:

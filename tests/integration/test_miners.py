@@ -7,6 +7,8 @@ import asyncio
 import time
 from typing import Any
 
+from aitbc.domain.jobs import Requirements
+from aitbc.services.dispatch import Offer
 from tests.conftest import Coordinator
 from tests.integration.helpers import (
     MODEL,
@@ -73,7 +75,7 @@ async def test_register_again_with_own_key_updates(coordinator: Coordinator) -> 
 
     update = await coordinator.http.post(
         "/v1/miners/register",
-        json={"miner_id": "m1", "capabilities": [MODEL, "llama3.2"], "price": 2},
+        json={"miner_id": "m1", "capabilities": [MODEL, "llama3.2"], "price": "0.5"},
         headers=miner,
     )
     assert update.status_code in (200, 204), update.text
@@ -130,10 +132,14 @@ async def _offers(coordinator: Coordinator, miner_id: str, headers: dict[str, st
     """Everything ``miner_id`` is offered, polling until null; offers are then released
     so that the next miner sees the same queue."""
     seen: list[str] = []
+    dispatcher = coordinator.runtime.dispatcher
     while (job := await poll(coordinator, miner_id, headers)) is not None:
         assert job["job_id"] not in seen, "a job was offered twice in a row"
         seen.append(job["job_id"])
         assert len(seen) < 50
+        # Polling again hands an unclaimed offer back: keep this one hidden (as if
+        # offered elsewhere) so that the next poll shows the rest of the queue.
+        dispatcher.mark_offered(Offer(job["job_id"], job["model"], Requirements(), job), "_")
     for job_id in seen:
         coordinator.runtime.dispatcher.release(job_id)
     return set(seen)

@@ -24,10 +24,21 @@ HARDWARE = MinerHardware(
     models=frozenset({"a", "b"}), gpu_name="NVIDIA A100", gpu_memory_gb=80, gpu_count=1
 )
 QUERIES: dict[str, tuple[Any, str]] = {
-    "dispatch": (job_queries.next_jobs_statement(HARDWARE), "ix_jobs_dispatch"),
+    "dispatch": (
+        job_queries.next_jobs_statement(HARDWARE).params(price=10),
+        "ix_jobs_dispatch",
+    ),
+    "running jobs of a miner": (
+        job_queries.running_count_statement().params(miner="m"),
+        "ix_jobs_miner_running",
+    ),
     "timeouts": (job_queries.overdue_statement(NOW, 500), "ix_jobs_deadline"),
     "lapsed leases": (job_queries.lapsed_statement(NOW, 500), "ix_jobs_lease"),
-    "lease renewal": (job_queries.renew_leases_statement("m", NOW), "ix_jobs_miner_running"),
+    # The listed jobs are looked up by id (the primary key), never by scanning.
+    "lease renewal": (
+        job_queries.renew_leases_statement("m", NOW, ["j1", "j2"]),
+        "sqlite_autoindex_jobs_1",
+    ),
 }
 
 

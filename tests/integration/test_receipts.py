@@ -240,21 +240,21 @@ async def test_price_rounds_half_up_and_no_usage_costs_nothing(coordinator: Coor
 async def test_price_is_the_miners_price_at_claim(coordinator: Coordinator) -> None:
     _client_id, client = await coordinator.new_client()
     miner = await coordinator.new_miner("m1", price=0.5)
-    first = await coordinator.submit(client, params={"max_tokens": 1000})
+    first = await coordinator.submit(client, params={"max_tokens": 1000}, max_price=2)
     await claim_ok(coordinator, first["job_id"], "m1", miner)
 
     update = await register(coordinator, miner, miner_id="m1", price=1.25)
     assert update.status_code == 204, update.text
 
-    usage = {"prompt_tokens": 100, "completion_tokens": 700}
+    usage = {"prompt_tokens": 50, "completion_tokens": 750}
     first_receipt = receipt_of(
-        await complete(coordinator, first["job_id"], "m1", miner, result="x" * 700, usage=usage)
+        await complete(coordinator, first["job_id"], "m1", miner, result="x" * 750, usage=usage)
     )
     assert first_receipt["unit_price"] == 0.5
     assert first_receipt["price"] == 0.4
 
     _job_id, response = await run_job(
-        coordinator, client, "m1", miner, usage=usage, params={"max_tokens": 1000}
+        coordinator, client, "m1", miner, usage=usage, params={"max_tokens": 1000}, max_price=2
     )
     second_receipt = receipt_of(response)
     assert second_receipt["unit_price"] == 1.25
@@ -291,9 +291,9 @@ async def test_usage_above_max_tokens_is_refused_and_the_job_stays_running(
     )
 
     # Exactly max_tokens is fine (prompt tokens do not count against it).
-    usage = {"prompt_tokens": 500, "completion_tokens": 10}
+    usage = {"prompt_tokens": 60, "completion_tokens": 10}
     receipt = receipt_of(await complete(coordinator, job["job_id"], "m1", miner, usage=usage))
-    assert receipt["units"] == 510
+    assert receipt["units"] == 70
     assert (await get_job(coordinator, job["job_id"], client))["status"] == "completed"
 
     # Without params, max_tokens defaults to 256 and bounds usage too.
@@ -782,7 +782,7 @@ async def test_receipt_price_beyond_total_supply_is_never_signed(
     # The highest price registration accepts (total supply per 1,000 tokens), and the
     # most tokens a completion may report: the price would be ~10^4 x total supply.
     miner = await coordinator.new_miner("m1", price=1_000_000_000)
-    job = await coordinator.submit(client, params={"max_tokens": 32_768})
+    job = await coordinator.submit(client, params={"max_tokens": 32_768}, max_price=1_000_000_000)
     await claim_ok(coordinator, job["job_id"], "m1", miner)
     long_result = "x" * 32_768
     # More prompt tokens than the prompt can hold is refused outright...

@@ -9,7 +9,13 @@ import time
 import pytest
 
 from aitbc.domain.jobs import MinerHardware, Requirements
-from aitbc.services.dispatch import CLAIMED_SECONDS, OFFER_SECONDS, Dispatcher, Offer
+from aitbc.services.dispatch import (
+    CLAIMED_SECONDS,
+    OFFER_SECONDS,
+    Dispatcher,
+    Offer,
+    Taker,
+)
 
 SMOL = "smollm2-135m"
 CPU = MinerHardware(models=frozenset({SMOL}))
@@ -51,12 +57,23 @@ def dispatcher(clock: FakeMonotonic) -> Dispatcher[str]:
     return Dispatcher(monotonic=clock)
 
 
+_miner_numbers = iter(range(1_000_000))
+
+
+def taker(hardware: MinerHardware, miner_id: str | None = None, **terms: int) -> Taker:
+    """A polling miner (a new miner id unless one is given)."""
+    return Taker(miner_id or f"m{next(_miner_numbers)}", hardware, **terms)
+
+
 async def start_waiter(
-    dispatcher: Dispatcher[str], hardware: MinerHardware, max_wait: float = 30.0
+    dispatcher: Dispatcher[str],
+    hardware: MinerHardware | Taker,
+    max_wait: float = 30.0,
 ) -> asyncio.Task[Offer[str] | None]:
     """A miner long-polling, registered as a waiter before this returns."""
     before = dispatcher.waiting
-    task = asyncio.create_task(dispatcher.wait(hardware, dispatcher.generation, max_wait))
+    who = hardware if isinstance(hardware, Taker) else taker(hardware)
+    task = asyncio.create_task(dispatcher.wait(who, dispatcher.generation, max_wait))
     await asyncio.sleep(0)
     assert dispatcher.waiting == before + 1
     return task
@@ -158,9 +175,9 @@ async def test_publish_skips_a_waiter_whose_future_is_done(dispatcher: Dispatche
 def test_mark_offered_expires_after_offer_seconds(
     dispatcher: Dispatcher[str], clock: FakeMonotonic
 ) -> None:
-    dispatcher.mark_offered("j1")
+    dispatcher.mark_offered(offer("j1"), "m")
     clock.advance(2)
-    dispatcher.mark_offered("j2")
+    dispatcher.mark_offered(offer("j2"), "m")
     assert dispatcher.offered_ids() == {"j1", "j2"}
     clock.advance(OFFER_SECONDS - 2)  # j1's offer ends exactly now
     assert dispatcher.offered_ids() == {"j2"}
@@ -169,15 +186,15 @@ def test_mark_offered_expires_after_offer_seconds(
 
 
 def test_mark_offered_again_extends(dispatcher: Dispatcher[str], clock: FakeMonotonic) -> None:
-    dispatcher.mark_offered("j1")
+    dispatcher.mark_offered(offer("j1"), "m")
     clock.advance(OFFER_SECONDS - 1)
-    dispatcher.mark_offered("j1")
+    dispatcher.mark_offered(offer("j1"), "m")
     clock.advance(2)
     assert dispatcher.offered_ids() == {"j1"}
 
 
 def test_offered_ids_is_a_copy(dispatcher: Dispatcher[str]) -> None:
-    dispatcher.mark_offered("j1")
+    dispatcher.mark_offered(offer("j1"), "m")
     ids = dispatcher.offered_ids()
     ids.add("j2")
     ids.discard("j1")
@@ -185,8 +202,8 @@ def test_offered_ids_is_a_copy(dispatcher: Dispatcher[str]) -> None:
 
 
 def test_release_forgets(dispatcher: Dispatcher[str]) -> None:
-    dispatcher.mark_offered("j1")
-    dispatcher.mark_offered("j2")
+    dispatcher.mark_offered(offer("j1"), "m")
+    dispatcher.mark_offered(offer("j2"), "m")
     dispatcher.release("j1")
     assert dispatcher.offered_ids() == {"j2"}
     dispatcher.release("j1")  # twice is fine
@@ -197,9 +214,11 @@ def test_release_forgets(dispatcher: Dispatcher[str]) -> None:
 def test_default_clock_is_time_monotonic() -> None:
     real: Dispatcher[str] = Dispatcher()
     before = time.monotonic()
-    real.mark_offered("j1")
+    real.mark_offered(offer("j1"), "m")
     assert real.offered_ids() == {"j1"}
-    assert before + OFFER_SECONDS - 1 < real._offered["j1"] <= time.monotonic() + OFFER_SECONDS
+    assert (
+        before + OFFER_SECONDS - 1 < real._offered["j1"].until <= time.monotonic() + OFFER_SECONDS
+    )
 
 
 # --- wait -------------------------------------------------------------------------------
@@ -211,20 +230,20 @@ async def test_wait_returns_none_at_once_when_generation_changed(
     seen = dispatcher.generation
     dispatcher.publish(offer("j1"))  # nobody waiting; the caller's DB check may have missed it
     started = time.monotonic()
-    assert await dispatcher.wait(CPU, seen, 30) is None
+    assert await dispatcher.wait(taker(CPU), seen, 30) is None
     assert time.monotonic() - started < 0.5
     assert dispatcher.waiting == 0
 
 
 async def test_wait_returns_none_at_once_without_time(dispatcher: Dispatcher[str]) -> None:
-    assert await dispatcher.wait(CPU, dispatcher.generation, 0) is None
-    assert await dispatcher.wait(CPU, dispatcher.generation, -1) is None
+    assert await dispatcher.wait(taker(CPU), dispatcher.generation, 0) is None
+    assert await dispatcher.wait(taker(CPU), dispatcher.generation, -1) is None
     assert dispatcher.waiting == 0
 
 
 async def test_wait_times_out_with_none(dispatcher: Dispatcher[str]) -> None:
     started = time.monotonic()
-    assert await dispatcher.wait(CPU, dispatcher.generation, 0.05) is None
+    assert await dispatcher.wait(taker(CPU), dispatcher.generation, 0.05) is None
     assert 0.04 <= time.monotonic() - started < 1.0
     assert dispatcher.waiting == 0
     # a job published after the poll gave up is not handed to it
@@ -234,7 +253,7 @@ async def test_wait_times_out_with_none(dispatcher: Dispatcher[str]) -> None:
 
 async def test_wait_with_current_generation_receives(dispatcher: Dispatcher[str]) -> None:
     dispatcher.publish(offer("j0"))
-    task = asyncio.create_task(dispatcher.wait(CPU, dispatcher.generation, 5))
+    task = asyncio.create_task(dispatcher.wait(taker(CPU), dispatcher.generation, 5))
     await asyncio.sleep(0)
     assert dispatcher.publish(offer("j1")) is True
     got = await finish(task)
@@ -283,7 +302,7 @@ async def test_offer_published_as_the_wait_times_out_is_not_lost(
 def test_claimed_forgets_the_offer_and_hides_the_job_for_a_while(
     dispatcher: Dispatcher[str], clock: FakeMonotonic
 ) -> None:
-    dispatcher.mark_offered("j1")
+    dispatcher.mark_offered(offer("j1"), "m")
     dispatcher.claimed("j1")
     assert "j1" not in dispatcher.offered_ids()
     assert dispatcher.recently_claimed("j1")
@@ -303,3 +322,107 @@ def test_claimed_entries_expire_oldest_first(
     assert not dispatcher.recently_claimed("old")
     assert dispatcher.recently_claimed("new")
     assert dispatcher.recently_claimed("newest")
+
+
+# --- fairness ---------------------------------------------------------------------------
+
+
+async def test_a_miner_holds_one_offer_and_its_other_polls_are_skipped(
+    dispatcher: Dispatcher[str],
+) -> None:
+    greedy = taker(CPU, "greedy", free_slots=8)
+    first = await start_waiter(dispatcher, greedy)
+    second = await start_waiter(dispatcher, greedy)
+    honest = await start_waiter(dispatcher, taker(CPU, "honest"))
+    assert dispatcher.publish(offer("j1")) is True
+    assert dispatcher.publish(offer("j2")) is True
+    one, two = await finish(first), await finish(honest)
+    assert one is not None and one.job_id == "j1"
+    assert two is not None and two.job_id == "j2"
+    assert not second.done()
+    await cancel(second)
+
+
+async def test_a_miner_without_a_free_slot_is_offered_nothing(
+    dispatcher: Dispatcher[str],
+) -> None:
+    busy = await start_waiter(dispatcher, taker(CPU, "busy", free_slots=0))
+    assert dispatcher.publish(offer("j1")) is False
+    assert not busy.done()
+    await cancel(busy)
+    assert not dispatcher.may_receive(taker(CPU, "busy", free_slots=0))
+    assert dispatcher.may_receive(taker(CPU, "busy", free_slots=1))
+
+
+async def test_a_price_above_the_jobs_max_price_is_offered_nothing(
+    dispatcher: Dispatcher[str],
+) -> None:
+    dear = await start_waiter(dispatcher, taker(CPU, "dear", price_micro=2_000))
+    cheap = await start_waiter(dispatcher, taker(CPU, "cheap", price_micro=1_000))
+    bounded = Offer("j1", SMOL, Requirements(), "payload-j1", max_price_micro=1_000)
+    assert dispatcher.publish(bounded) is True
+    got = await finish(cheap)
+    assert got is bounded
+    assert not dear.done()
+    await cancel(dear)
+
+
+async def test_polling_again_hands_the_offer_back_with_a_strike(
+    dispatcher: Dispatcher[str],
+) -> None:
+    dispatcher.mark_offered(offer("j1"), "greedy")
+    assert dispatcher.offered_ids() == {"j1"}
+    other = await start_waiter(dispatcher, taker(CPU, "other"))
+    assert dispatcher.hand_back("greedy") == 1
+    # Re-offered at once to the miner that was waiting.
+    got = await finish(other)
+    assert got is not None and got.job_id == "j1"
+    assert dispatcher.strikes("greedy") == 1
+    assert dispatcher.hand_back("greedy") == 0
+    assert dispatcher.hand_back("nobody") == 0
+
+
+async def test_miners_with_strikes_are_served_last(dispatcher: Dispatcher[str]) -> None:
+    dispatcher.mark_offered(offer("j0"), "greedy")
+    dispatcher.hand_back("greedy")
+    greedy = await start_waiter(dispatcher, taker(CPU, "greedy"))
+    honest = await start_waiter(dispatcher, taker(CPU, "honest"))
+    assert dispatcher.publish(offer("j1")) is True
+    got = await finish(honest)
+    assert got is not None and got.job_id == "j1"
+    # With nobody better waiting, a striking miner is still served.
+    assert dispatcher.publish(offer("j2")) is True
+    got = await finish(greedy)
+    assert got is not None and got.job_id == "j2"
+
+
+def test_a_claim_clears_strikes(dispatcher: Dispatcher[str]) -> None:
+    dispatcher.mark_offered(offer("j1"), "m")
+    dispatcher.hand_back("m")
+    assert dispatcher.strikes("m") == 1
+    dispatcher.mark_offered(offer("j1"), "m")
+    dispatcher.claimed("j1", "m")
+    assert dispatcher.strikes("m") == 0
+
+
+def test_a_lapsed_offer_is_a_strike_and_strikes_shorten_offers(
+    dispatcher: Dispatcher[str], clock: FakeMonotonic
+) -> None:
+    dispatcher.mark_offered(offer("j1"), "m")
+    clock.advance(OFFER_SECONDS)
+    assert dispatcher.offered_ids() == set()
+    assert dispatcher.strikes("m") == 1
+    # One strike: the next offer hides the job for half as long.
+    dispatcher.mark_offered(offer("j2"), "m")
+    clock.advance(OFFER_SECONDS / 2 - 0.001)
+    assert dispatcher.offered_ids() == {"j2"}
+    clock.advance(0.001)
+    assert dispatcher.offered_ids() == set()
+    assert dispatcher.strikes("m") == 2
+
+
+def test_release_is_not_a_strike(dispatcher: Dispatcher[str]) -> None:
+    dispatcher.mark_offered(offer("j1"), "m")
+    dispatcher.release("j1")
+    assert dispatcher.strikes("m") == 0
+    assert dispatcher.may_receive(taker(CPU, "m"))

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from aitbc import __version__
 from aitbc.api.errors import install_error_handlers
 from aitbc.api.middleware import AuthRateLimitMiddleware, BodySizeLimitMiddleware
-from aitbc.api.routers import admin, clients, files, jobs, miners, receipts, system
+from aitbc.api.routers import admin, auth, clients, files, jobs, miners, receipts, system
 from aitbc.schemas import ErrorBody
 from aitbc.services import keys, sweeper
 from aitbc.services.auth import ensure_admin_key
@@ -41,20 +41,35 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await migrate.upgrade(runtime.engine)
-        written = await ensure_admin_key(runtime)
-        if written is not None:
-            print(f"aitbc: admin API key written to {written}", flush=True)
-        created = await keys.start(runtime)
-        if created is not None:
-            print(f"aitbc: receipt signing key written to {created}", flush=True)
+        try:
+            await migrate.upgrade(runtime.engine)
+            written = await ensure_admin_key(runtime)
+            if written is not None:
+                print(f"aitbc: admin API key written to {written}", flush=True)
+            created = await keys.start(runtime)
+            if created is not None:
+                print(f"aitbc: receipt signing key written to {created}", flush=True)
+        except BaseException:
+            # A refused start (a revoked admin key, a retired signing key) leaves no
+            # database connection open.
+            await runtime.engine.dispose()
+            raise
         log.info("signing receipts with key %s", runtime.signing_key().key_id)
-        task = asyncio.create_task(sweeper.run_forever(runtime)) if run_sweeper else None
+        tasks = (
+            [
+                asyncio.create_task(sweeper.run_forever(runtime)),
+                # Follow a signing-key rotation made by another coordinator.
+                asyncio.create_task(keys.follow_forever(runtime)),
+            ]
+            if run_sweeper
+            else []
+        )
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await runtime.engine.dispose()
@@ -71,7 +86,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for router in (system, clients, miners, jobs, receipts, files, admin):
+    for router in (system, clients, auth, miners, jobs, receipts, files, admin):
         app.include_router(router.router)
     app.add_middleware(AuthRateLimitMiddleware, runtime=runtime)
     app.add_middleware(

@@ -1,5 +1,5 @@
-"""The ``aitbc`` command: ``serve``, ``db upgrade``, ``demo``, ``keys``, ``receipts`` and
-client commands."""
+"""The ``aitbc`` command: ``serve``, ``db upgrade``, ``demo``, ``keys``, ``receipts``,
+``auth`` and client commands."""
 
 from __future__ import annotations
 
@@ -207,10 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
         _add_client_flags(sub)
     jobs.set_defaults(handler=cmd_jobs)
 
-    admin = commands.add_parser("admin", help="operator views")
-    admin.add_argument("admin_command", choices=["stats", "miners"])
-    _add_client_flags(admin)
-    admin.set_defaults(handler=cmd_admin)
+    from aitbc.cli import auth as auth_cli
+
+    admin = commands.add_parser("admin", help="operator views and API keys")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    for name, text in (("stats", "system figures"), ("miners", "every registered miner")):
+        view = admin_commands.add_parser(name, help=text)
+        _add_client_flags(view)
+        view.set_defaults(handler=cmd_admin)
+    auth_cli.add_admin_api_keys_parser(admin_commands, _add_client_flags)
+    auth_cli.add_auth_parser(commands, _add_client_flags)
 
     from aitbc.cli import miner as miner_cli
     from aitbc.cli.receipts import add_parsers

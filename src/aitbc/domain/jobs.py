@@ -130,3 +130,46 @@ def can_run(model: str, requirements: Requirements, miner: MinerHardware) -> boo
     ):
         return False
     return True
+
+
+def within_price(max_price_micro: int | None, price_micro: int) -> bool:
+    """Whether a miner posting ``price_micro`` (µAIT per 1,000 units) may take a job
+    whose client accepts at most ``max_price_micro`` (None: jobs from before prices
+    were bound, which any price may take)."""
+    return max_price_micro is None or price_micro <= max_price_micro
+
+
+# Prompt tokens allowed for the chat template of a miner that declared none for the
+# model it claims with (a declaration, up to MAX_TEMPLATE_TOKENS, replaces this).
+DEFAULT_TEMPLATE_TOKENS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class MinerTerms:
+    """What a miner charges and takes on: its posted price (µAIT per 1,000 units), the
+    most jobs it holds at once, and the prompt tokens its chat template adds per model."""
+
+    price_micro: int
+    concurrency: int = 1
+    template_tokens: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def from_columns(
+        cls, price_micro: int, concurrency: int, template_tokens: object
+    ) -> MinerTerms:
+        """Terms from a miner's stored columns (``template_tokens`` is JSON or None)."""
+        declared = template_tokens if isinstance(template_tokens, dict) else {}
+        return cls(
+            price_micro=int(price_micro),
+            concurrency=int(concurrency),
+            template_tokens=tuple(
+                sorted((str(model), int(tokens)) for model, tokens in declared.items())
+            ),
+        )
+
+    def prompt_allowance(self, model: str) -> int:
+        """Tokens a receipt may charge on top of the prompt's UTF-8 bytes for ``model``."""
+        for name, tokens in self.template_tokens:
+            if name == model:
+                return tokens
+        return DEFAULT_TEMPLATE_TOKENS

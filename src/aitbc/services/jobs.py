@@ -22,14 +22,16 @@ from aitbc.domain import pricing
 from aitbc.domain.jobs import (
     JobStatus,
     MinerHardware,
+    MinerTerms,
     Requirements,
     can_run,
     deadline,
     ensure_transition,
     is_terminal,
     status_after_lost_attempt,
+    within_price,
 )
-from aitbc.domain.money import MAX_SUPPLY_MICRO
+from aitbc.domain.money import MAX_SUPPLY_MICRO, to_micro
 from aitbc.domain.receipts import (
     ReceiptTerms,
     miner_statement,
@@ -38,6 +40,7 @@ from aitbc.domain.receipts import (
     text_hash,
     verify_miner_signature,
 )
+from aitbc.domain.usage import check_usage
 from aitbc.errors import (
     Conflict,
     InvalidRequest,
@@ -57,10 +60,10 @@ from aitbc.schemas import (
 from aitbc.services import keys as key_service
 from aitbc.services import miners as miner_service
 from aitbc.services.auth import require_client, require_miner, require_role
-from aitbc.services.dispatch import RECHECK_SECONDS, Dispatcher, Offer
+from aitbc.services.dispatch import RECHECK_SECONDS, Dispatcher, Offer, Taker
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.services.views import JobDocument, job_document, job_list_document
-from aitbc.storage import job_queries, queries, receipt_queries
+from aitbc.storage import job_queries, miner_queries, queries, receipt_queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.job_queries import JobRecord
 from aitbc.storage.models import StoredFile
@@ -70,10 +73,9 @@ LEASE_LAPSED_ERROR_CODE = "lease_expired"
 # Jobs one sweep changes at most: a sweep is one transaction, and on SQLite it runs
 # on the event loop, so a huge backlog is worked off over several sweeps instead.
 SWEEP_BATCH = 500
-# Tokens a chat template may add around a prompt (role markers, system prompt).
-PROMPT_TEMPLATE_ALLOWANCE_TOKENS = 512
-# Tokens a generation may produce that leave no text (end-of-text, special tokens).
-COMPLETION_SPECIAL_ALLOWANCE_TOKENS = 16
+# The template allowance of jobs claimed before miners declared theirs (migration 0004).
+LEGACY_TEMPLATE_ALLOWANCE_TOKENS = 512
+HANDED_BACK_ERROR_CODE = "handed_back"
 
 
 def _requirements(row: JobRecord) -> Requirements:
@@ -87,7 +89,11 @@ def _requirements(row: JobRecord) -> Requirements:
 def offer_of(row: JobRecord) -> Offer[JobDocument]:
     """What the dispatcher needs to hand ``row`` to a waiting miner."""
     return Offer(
-        job_id=row.id, model=row.model, requirements=_requirements(row), payload=job_document(row)
+        job_id=row.id,
+        model=row.model,
+        requirements=_requirements(row),
+        payload=job_document(row),
+        max_price_micro=row.max_price_micro,
     )
 
 
@@ -156,6 +162,9 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
         runtime.sessions, now, settings.miner_offline_after_seconds
     )
     max_tokens = request.params.max_tokens
+    max_price_micro = to_micro(
+        settings.default_max_price if request.max_price is None else request.max_price
+    )
     values = {
         "id": runtime.new_id("job"),
         "client_id": client_id,
@@ -176,11 +185,16 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
         "progress": 0,
         "estimated_cost_micro": pricing.estimate_cost_micro(
             pricing.estimate_units(prompt, max_tokens),
-            market.eligible_prices(model, requirements),
+            [
+                price
+                for price in market.eligible_prices(model, requirements)
+                if within_price(max_price_micro, price)
+            ],
         ),
         "estimated_time_seconds": pricing.estimate_time_seconds(
             max_tokens, market.speeds.get(model)
         ),
+        "max_price_micro": max_price_micro,
     }
     row = await transaction(runtime.engine, job_queries.insert_job, values)
     offer = offer_of(row)
@@ -295,36 +309,56 @@ def _transition(
 async def next_for_miner(
     runtime: Runtime, principal: Principal, miner_id: str, wait_seconds: float
 ) -> JobDocument | None:
-    """The job this miner should take next, waiting up to ``wait_seconds`` for one."""
+    """The job this miner should take next, waiting up to ``wait_seconds`` for one.
+
+    Polling again means the miner did not claim what it was offered before: that is
+    handed back first (see ``services.dispatch``). A miner with no free slot (as many
+    running jobs as its concurrency) is offered nothing.
+    """
     require_miner(principal, miner_id)
-    hardware = await miner_service.hardware(runtime, miner_id)
+    hardware, terms = await miner_service.profile(runtime, miner_id)
     dispatcher = runtime.dispatcher
+    dispatcher.hand_back(miner_id)
     wait_seconds = min(max(wait_seconds, 0.0), runtime.settings.max_long_poll_seconds)
     # The event loop's monotonic clock: a wall-clock change must not stretch a poll.
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + wait_seconds
     while True:
         generation = dispatcher.generation
-        row = await read(runtime.engine, _take_next_pending, dispatcher, hardware)
+        taker, row = await read(
+            runtime.engine, _take_next_pending, dispatcher, miner_id, hardware, terms
+        )
         if row is not None:
             return job_document(row)
         remaining = give_up_at - loop.time()
         if remaining <= 0:
             return None
-        offer = await dispatcher.wait(hardware, generation, min(remaining, RECHECK_SECONDS))
+        if not dispatcher.may_receive(taker):
+            # Busy: wait for a slot to free (re-checked), never for an offer.
+            await asyncio.sleep(min(remaining, RECHECK_SECONDS))
+            continue
+        offer = await dispatcher.wait(taker, generation, min(remaining, RECHECK_SECONDS))
         if offer is not None:
             return offer.payload
 
 
 def _take_next_pending(
-    connection: Connection, dispatcher: Dispatcher[JobDocument], hardware: MinerHardware
-) -> JobRecord | None:
-    """The first pending job ``hardware`` may run that no other poll was just offered,
-    marked as offered to this one."""
+    connection: Connection,
+    dispatcher: Dispatcher[JobDocument],
+    miner_id: str,
+    hardware: MinerHardware,
+    terms: MinerTerms,
+) -> tuple[Taker, JobRecord | None]:
+    """The miner as the dispatcher sees it now, and the first pending job it may run
+    that no other poll was just offered (marked as offered to it), if it may take one."""
+    running = job_queries.running_count(connection, miner_id)
+    taker = Taker(miner_id, hardware, terms.price_micro, terms.concurrency - running)
+    if not dispatcher.may_receive(taker):
+        return taker, None
     while True:
         # Enough jobs that one is not on offer elsewhere, unless the queue has no more.
         limit = len(dispatcher.offered_ids()) + 1
-        rows = job_queries.next_jobs(connection, hardware, limit)
+        rows = job_queries.next_jobs(connection, hardware, terms.price_micro, limit)
         # Nothing is awaited between reading the offers and marking one: atomic.
         offered = dispatcher.offered_ids()
         chosen = next(
@@ -336,34 +370,45 @@ def _take_next_pending(
             None,
         )
         if chosen is not None:
-            dispatcher.mark_offered(chosen.id)
-            return chosen
+            dispatcher.mark_offered(offer_of(chosen), miner_id)
+            return taker, chosen
         if len(rows) < limit:
-            return None
+            return taker, None
 
 
 async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: str) -> JobDocument:
     """Give a pending job to this miner with a lease; exactly one concurrent claim wins."""
     require_miner(principal, miner_id)
-    hardware = await miner_service.hardware(runtime, miner_id)
+    hardware, _cached_terms = await miner_service.profile(runtime, miner_id)
     now = runtime.clock()
     lease_until = now + timedelta(seconds=runtime.settings.lease_seconds)
 
     def work(connection: Connection) -> JobRecord:
-        row = job_queries.claim(connection, hardware, job_id, miner_id, now, lease_until)
+        # The miner's terms as they are now, its row locked: the price it posts at
+        # this moment is the job's price, and its running jobs are counted exactly.
+        terms = miner_queries.lock_terms(connection, miner_id)
+        if terms is None:
+            raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
+        row = job_queries.claim(connection, hardware, terms, job_id, miner_id, now, lease_until)
         if row is None:
-            _explain_refused_claim(connection, job_id, hardware, now)
+            _explain_refused_claim(connection, job_id, miner_id, hardware, terms, now)
         return row
 
     row = await transaction(runtime.engine, work)
-    runtime.dispatcher.claimed(job_id)
+    runtime.dispatcher.claimed(job_id, miner_id)
     return job_document(row)
 
 
 def _explain_refused_claim(
-    connection: Connection, job_id: str, hardware: MinerHardware, now: datetime
+    connection: Connection,
+    job_id: str,
+    miner_id: str,
+    hardware: MinerHardware,
+    terms: MinerTerms,
+    now: datetime,
 ) -> NoReturn:
-    """Raise the reason a claim did not match: missing, taken, ineligible, timed out."""
+    """Raise the reason a claim did not match: missing, taken, ineligible, too dear,
+    the miner busy, timed out."""
     row = job_queries.get_job(connection, job_id)
     if row is None:
         raise NotFound(f"job {job_id} not found", error_code="job_not_found")
@@ -374,8 +419,19 @@ def _explain_refused_claim(
             "this miner does not serve the job's model or lacks the hardware it needs",
             error_code="miner_not_eligible",
         )
+    if not within_price(row.max_price_micro, terms.price_micro):
+        raise PermissionDenied(
+            "this miner's price is above the most the job's client accepts (max_price)",
+            error_code="price_above_max_price",
+        )
     if now >= row.deadline_at:
         raise Conflict("job has timed out", error_code="job_timed_out")
+    running = job_queries.running_count(connection, miner_id)
+    if running >= terms.concurrency:
+        raise Conflict(
+            f"this miner already runs {running} jobs, its declared concurrency",
+            error_code="miner_busy",
+        )
     raise Conflict("job was claimed by another miner", error_code="already_claimed")
 
 
@@ -414,7 +470,11 @@ async def report_progress(
 async def report_failure(
     runtime: Runtime, principal: Principal, job_id: str, report: FailureReport
 ) -> JobDocument:
-    """A miner gives up: retryable failures requeue the job while attempts remain."""
+    """A miner gives up: retryable failures requeue the job while attempts remain.
+
+    A job ``handed_back`` by a miner that is stopping goes back to the queue and
+    gets back the attempt its claim used: a miner restart must not cost the client.
+    """
     require_miner(principal, report.miner_id)
     now = runtime.clock()
 
@@ -425,19 +485,22 @@ async def report_failure(
             raise Conflict(
                 f"job is {current.value}, not running", error_code=f"job_{current.value}"
             )
-        target = (
-            status_after_lost_attempt(row.attempts, runtime.settings.max_attempts)
-            if report.retryable
-            else JobStatus.FAILED
-        )
+        if report.handed_back:
+            values = _lost_attempt_values(
+                JobStatus.PENDING, now, report.error, HANDED_BACK_ERROR_CODE
+            )
+            values["attempts"] = max(row.attempts - 1, 0)
+        else:
+            target = (
+                status_after_lost_attempt(row.attempts, runtime.settings.max_attempts)
+                if report.retryable
+                else JobStatus.FAILED
+            )
+            values = _lost_attempt_values(target, now, report.error, "miner_error")
         # Only if this attempt still holds the job (it may have been requeued and
         # claimed by another miner since it was read).
         return _transition(
-            connection,
-            job_id,
-            current,
-            _lost_attempt_values(target, now, report.error, "miner_error"),
-            attempt=(report.miner_id, row.attempts),
+            connection, job_id, current, values, attempt=(report.miner_id, row.attempts)
         )
 
     updated = await transaction(runtime.engine, work)
@@ -514,19 +577,14 @@ def _issued_receipt(connection: Connection, job_id: str, miner_id: str, digest: 
     return None if receipt is None else str(receipt.document)
 
 
-def _prompt_token_bound(prompt: str) -> int:
-    """Most prompt tokens a miner may charge for: no tokenizer makes more tokens than
-    the text has bytes, plus what a chat template adds around it."""
-    return len(prompt.encode("utf-8")) + PROMPT_TEMPLATE_ALLOWANCE_TOKENS
-
-
-def _completion_token_bound(result: str, params: Mapping[str, Any]) -> int:
-    """Most completion tokens a miner may charge for: no token decodes to less than a
-    byte, except end-of-text and special tokens, and stop sequences the engine
-    generated and then cut from the text."""
-    stops = params.get("stop") or ()
-    stop_bytes = sum(len(str(stop).encode("utf-8")) for stop in stops)
-    return len(result.encode("utf-8")) + stop_bytes + COMPLETION_SPECIAL_ALLOWANCE_TOKENS
+def _charged_unit_price(row: JobRecord) -> int:
+    """The receipt's unit price: the miner's price at claim, which the claim allowed
+    only up to the job's ``max_price`` (the bound is applied again here, in the
+    client's favour, so no path can charge above what the client accepted)."""
+    unit_price = int(row.unit_price_micro or 0)
+    if row.max_price_micro is not None:
+        unit_price = min(unit_price, int(row.max_price_micro))
+    return unit_price
 
 
 def _unix(moment: datetime) -> int:
@@ -578,28 +636,19 @@ async def complete(
             (prompt_tokens, completion_tokens) if usage else None,
         )
         if row is not None:
-            max_tokens = row.params.get("max_tokens")
-            if isinstance(max_tokens, int) and completion_tokens > max_tokens:
-                # Raising rolls the completion back: the job stays running.
-                raise ValidationFailed(
-                    f"usage.completion_tokens {completion_tokens} exceeds the job's "
-                    f"max_tokens {max_tokens}",
-                    error_code="usage_exceeds_max_tokens",
-                )
-            if completion_tokens > _completion_token_bound(job_result.result, row.params):
-                raise ValidationFailed(
-                    f"usage.completion_tokens {completion_tokens} is more than the result can "
-                    f"hold ({_completion_token_bound(job_result.result, row.params)}: its UTF-8 "
-                    "bytes plus stop sequences and end-of-text tokens)",
-                    error_code="usage_exceeds_result",
-                )
-            if prompt_tokens > _prompt_token_bound(row.prompt):
-                raise ValidationFailed(
-                    f"usage.prompt_tokens {prompt_tokens} is more than the prompt can hold "
-                    f"({_prompt_token_bound(row.prompt)}: its UTF-8 bytes plus "
-                    f"{PROMPT_TEMPLATE_ALLOWANCE_TOKENS} for a chat template)",
-                    error_code="usage_exceeds_prompt",
-                )
+            # Raising rolls the completion back: the job stays running.
+            check_usage(
+                prompt=row.prompt,
+                result=job_result.result,
+                params=row.params,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                prompt_allowance=(
+                    LEGACY_TEMPLATE_ALLOWANCE_TOKENS
+                    if row.prompt_allowance_tokens is None
+                    else row.prompt_allowance_tokens
+                ),
+            )
             terms = ReceiptTerms(
                 receipt_id=receipt_id,
                 job_id=job_id,
@@ -608,7 +657,7 @@ async def complete(
                 model=row.model,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
-                unit_price_micro=row.unit_price_micro or 0,
+                unit_price_micro=_charged_unit_price(row),
                 # A wall clock stepped back must not date the start after the end.
                 started_at=min(_unix(row.started_at or now), _unix(now)),
                 completed_at=_unix(now),

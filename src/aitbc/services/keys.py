@@ -7,10 +7,23 @@ verifiable and several coordinators sharing one database publish each other's ke
 Rotation swaps the in-memory key at the same instant it dates the old key's
 retirement, and a completion samples the clock and the key together, so every
 receipt's ``completed_at`` lies inside its key's published period.
+
+Coordinators that share the database and the key file follow a rotation made by
+any of them: every ``KEY_FOLLOW_SECONDS`` each reads which coordinator keys are
+current (:func:`follow_rotation`), and when its own key was retired it loads the
+key file again and signs with that key, but only if it is published as current
+(the rotating process writes the file before it publishes). A process that cannot
+get the current key (its key file is not the shared one) says so in its log at
+every change, keeps signing with the retired key while it is still valid (the
+``ROTATION_OVERLAP_SECONDS`` after the rotation) and then refuses completions with
+503 ``signing_key_retired`` rather than issue receipts nobody can verify, until its
+key file holds the current key (it is picked up at the next check) or it is
+restarted with one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -47,6 +60,9 @@ MINER_KEYS_CACHE_SECONDS = 5.0
 # After a rotation the old key stays valid this long: a completion that picked the
 # old key just before the switch still dates its receipt inside the key's period.
 ROTATION_OVERLAP_SECONDS = 60
+# How often a coordinator checks whether another one sharing the database rotated
+# the key: well inside the overlap, so every process switches before it ends.
+KEY_FOLLOW_SECONDS = 2.0
 
 
 def _stage_private(path: Path, key: SigningKey) -> Path:
@@ -72,6 +88,17 @@ def _write_private(path: Path, key: SigningKey) -> None:
     os.replace(_stage_private(path, key), path)
 
 
+def _read_private(path: Path) -> SigningKey:
+    """The private key in ``path``; :class:`InvalidRequest` if it holds none."""
+    try:
+        return SigningKey.from_pem(path.read_bytes())
+    except (ValueError, TypeError, OSError) as exc:  # not a key, encrypted, unreadable
+        raise InvalidRequest(
+            f"{path} does not hold an unencrypted Ed25519 private key: {exc}",
+            error_code="bad_signing_key_file",
+        ) from exc
+
+
 def load_or_create_key(settings: Settings, random_bytes: RandomBytes) -> tuple[SigningKey, bool]:
     """The coordinator's private key from its file, generated there if missing.
 
@@ -82,13 +109,7 @@ def load_or_create_key(settings: Settings, random_bytes: RandomBytes) -> tuple[S
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             log.warning("signing key %s is readable by others (mode %o); chmod 600 it", path, mode)
-        try:
-            return SigningKey.from_pem(path.read_bytes()), False
-        except (ValueError, TypeError, OSError) as exc:  # not a key, encrypted, unreadable
-            raise InvalidRequest(
-                f"{path} does not hold an unencrypted Ed25519 private key: {exc}",
-                error_code="bad_signing_key_file",
-            ) from exc
+        return _read_private(path), False
     if settings.signing_key_file is not None:
         # A configured key is loaded, never invented: a typo must not mint a new key.
         raise InvalidRequest(
@@ -158,7 +179,10 @@ async def rotate(runtime: Runtime) -> PublicKey:
     async with runtime.rotation_lock:
         path = runtime.settings.resolved_signing_key_file()
         new_key = SigningKey.from_seed(runtime.random_bytes(32))
-        old_key = runtime.signing_key()
+        # The key in memory even if it may no longer sign: rotating is the way out.
+        old_key = runtime.signer
+        if old_key is None:
+            raise RuntimeError("the coordinator's signing key is not loaded yet")
         staged = _stage_private(path, new_key)
         now = runtime.clock()
         retired_at = now + timedelta(seconds=ROTATION_OVERLAP_SECONDS)
@@ -174,6 +198,7 @@ async def rotate(runtime: Runtime) -> PublicKey:
                 staged.unlink()
             raise
         runtime.signer = new_key
+        runtime.signer_valid_until = None
         try:
             os.replace(staged, path)
         except OSError:
@@ -181,6 +206,85 @@ async def rotate(runtime: Runtime) -> PublicKey:
             log.exception("could not move the new signing key %s into %s", staged, path)
     log.info("signing key rotated: %s retired, %s current", old_key.key_id, new_key.key_id)
     return PublicKey.of(new_key, COORDINATOR_OWNER, now)
+
+
+async def follow_rotation(runtime: Runtime) -> str | None:
+    """Switch to the key file's key if another coordinator rotated ours away.
+
+    Returns None when this process signs with a current key (now or already), else
+    what keeps it from doing so, for the log. The retired key's end of validity is
+    recorded on the runtime, which refuses to sign with it after that.
+    """
+    async with runtime.rotation_lock:
+        signer = runtime.signer
+        if signer is None:
+            return None  # not started yet
+        rows = await read(runtime.engine, receipt_queries.keys_of, COORDINATOR_OWNER)
+        published = {row.key_id: row for row in rows}
+        own = published.get(signer.key_id)
+        if own is not None and own.status == "current":
+            runtime.signer_valid_until = None
+            return None
+        # Retired (or, oddly, unpublished: then it may not sign at all).
+        until = own.valid_until if own is not None else None
+        runtime.signer_valid_until = until or runtime.clock()
+        path = runtime.settings.resolved_signing_key_file()
+        try:
+            candidate = _read_private(path)
+        except InvalidRequest as exc:
+            return _stuck(signer.key_id, until, exc.detail)
+        row = published.get(candidate.key_id)
+        if row is None or row.status != "current" or row.public_key != candidate.public_key_b64:
+            current = ", ".join(key for key, r in published.items() if r.status == "current")
+            return _stuck(
+                signer.key_id,
+                until,
+                f"the key file {path} holds {candidate.key_id}, not a current key "
+                f"(current: {current or 'none'}); give this coordinator the key file the "
+                "others use (AITBC_SIGNING_KEY_FILE)",
+            )
+        runtime.signer = candidate
+        runtime.signer_valid_until = None
+    log.warning(
+        "signing key %s was rotated by another coordinator; now signing with %s",
+        signer.key_id,
+        candidate.key_id,
+    )
+    return None
+
+
+def _stuck(key_id: str, until: datetime | None, reason: str) -> str:
+    ends = f"until {until:%Y-%m-%dT%H:%M:%SZ}" if until is not None else "no longer"
+    return (
+        f"signing key {key_id} was retired and may sign {ends}, then receipts are refused "
+        f"(503): {reason}"
+    )
+
+
+async def follow_forever(runtime: Runtime) -> None:
+    """Run :func:`follow_rotation` every ``KEY_FOLLOW_SECONDS`` until cancelled.
+
+    A problem is logged as an error when it first appears and again whenever it
+    changes, once seen twice in a row: a file that lags its publication for an
+    instant (the rotating process moves it into place just after) is not reported.
+    """
+    previous: str | None = None
+    reported: str | None = None
+    while True:
+        await asyncio.sleep(KEY_FOLLOW_SECONDS)
+        try:
+            problem = await follow_rotation(runtime)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a database hiccup must not end the check
+            log.exception("signing key check failed; retrying in %.1f s", KEY_FOLLOW_SECONDS)
+            continue
+        if problem is not None and problem == previous and problem != reported:
+            log.error("%s", problem)
+            reported = problem
+        if problem is None:
+            reported = None
+        previous = problem
 
 
 async def rotate_offline(runtime: Runtime) -> tuple[str, PublicKey]:

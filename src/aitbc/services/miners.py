@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from aitbc.domain.jobs import JobStatus, MinerHardware
+from aitbc.domain.jobs import JobStatus, MinerHardware, MinerTerms
 from aitbc.domain.money import to_micro
 from aitbc.errors import Conflict, NotFound, PermissionDenied
 from aitbc.schemas import Heartbeat, HeartbeatAck, MinerCredentials, MinerRegistration
@@ -49,6 +49,8 @@ async def register(
         "gpu_count": gpu.count if gpu and gpu.name else 0,
         "cpu_info": registration.cpu_info.model_dump() if registration.cpu_info else None,
         "price_micro": to_micro(registration.price),
+        "concurrency": registration.concurrency,
+        "template_tokens": registration.template_tokens,
     }
     now = runtime.clock()
     miner_id = registration.miner_id
@@ -119,19 +121,23 @@ async def _register(
     return credentials
 
 
-async def hardware(runtime: Runtime, miner_id: str) -> MinerHardware:
-    """What ``miner_id`` serves, from the cache or the database."""
+async def profile(runtime: Runtime, miner_id: str) -> tuple[MinerHardware, MinerTerms]:
+    """What ``miner_id`` serves and its terms, from the cache or the database.
+
+    Polls use this; a claim reads the miner's terms afresh, so a stale cache can
+    offer a job but never decide a price or a limit."""
     now = time.monotonic()
     cached = runtime.hardware_cache.get(miner_id)
-    if cached is not None and now - cached[1] < HARDWARE_CACHE_SECONDS:
-        return cached[0]
+    if cached is not None and now - cached[2] < HARDWARE_CACHE_SECONDS:
+        return cached[0], cached[1]
     async with runtime.sessions() as session:
         miner = await session.get(Miner, miner_id)
     if miner is None:
         raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
-    result = _hardware_of(miner)
-    runtime.hardware_cache[miner_id] = (result, now)
-    return result
+    hardware = _hardware_of(miner)
+    terms = MinerTerms.from_columns(miner.price_micro, miner.concurrency, miner.template_tokens)
+    runtime.hardware_cache[miner_id] = (hardware, terms, now)
+    return hardware, terms
 
 
 async def heartbeat(
@@ -139,9 +145,10 @@ async def heartbeat(
 ) -> HeartbeatAck:
     """Record liveness, renew the leases of the miner's running jobs, report cancellations.
 
-    A miner that lists ``running_jobs`` renews exactly those leases: a job it dropped
-    (crash, restart) lapses and is requeued. One that sends no list renews all of
-    its jobs. ``cancelled_jobs`` lists the jobs the miner says it runs that are no
+    A heartbeat renews exactly the leases of the jobs it lists in ``running_jobs``: a
+    job the miner dropped (crash, restart) lapses and is requeued, and an empty or
+    absent list renews none, so a miner cannot keep jobs it does not say it runs.
+    ``cancelled_jobs`` lists the jobs the miner says it runs that are no
     longer running for it (cancelled, timed out or given to another miner): it must
     stop them.
     """
@@ -149,11 +156,11 @@ async def heartbeat(
     now = runtime.clock()
     lease_until = now + timedelta(seconds=runtime.settings.lease_seconds)
 
-    listed = beat.running_jobs
+    listed = beat.running_jobs or []
 
     def work(connection: Connection) -> list[str]:
         if not miner_queries.record_heartbeat(
-            connection, miner_id, now, beat.status, beat.utilisation, len(listed or ())
+            connection, miner_id, now, beat.status, beat.utilisation, len(listed)
         ):
             raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
         job_queries.renew_leases(connection, miner_id, lease_until, listed)

@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from aitbc.domain.jobs import MinerHardware
+from aitbc.domain.jobs import MinerHardware, MinerTerms
 from aitbc.domain.signing import KeyRing, SigningKey
+from aitbc.errors import ServiceUnavailable
 from aitbc.services.dispatch import Dispatcher
 from aitbc.services.estimates import EstimateCache
 from aitbc.services.views import JobDocument
@@ -61,14 +62,20 @@ class Runtime:
     random_bytes: RandomBytes = secrets.token_bytes
     # The coordinator's current signing key, loaded at start-up (services.keys).
     signer: SigningKey | None = None
+    # Set when another coordinator retired ``signer`` and this one has no current key
+    # yet (services.keys.follow_rotation): the end of its published validity.
+    signer_valid_until: datetime | None = None
     rotation_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Pending jobs handed to long-polling miners, as the Job document they receive.
     dispatcher: Dispatcher[JobDocument] = field(default_factory=Dispatcher)
-    # SHA-256 of key -> principal, filled on first use. Keys cannot be revoked yet;
-    # whatever revokes one must drop its entry here.
-    key_cache: dict[str, Principal] = field(default_factory=dict)
-    # miner id -> (what it serves, monotonic time read); refreshed after a few seconds.
-    hardware_cache: dict[str, tuple[MinerHardware, float]] = field(default_factory=dict)
+    # SHA-256 of key -> (principal, monotonic time it must be read again), filled on
+    # use (services.auth). Whatever revokes a key drops its entry here; other
+    # processes see the revocation when the entry expires.
+    key_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
+    key_cache_pruned_at: float = 0.0
+    # miner id -> (what it serves, its terms, monotonic time read); refreshed after a
+    # few seconds.
+    hardware_cache: dict[str, tuple[MinerHardware, MinerTerms, float]] = field(default_factory=dict)
     estimates: EstimateCache = field(default_factory=EstimateCache)
     # miner id -> (its current public keys, monotonic time read).
     miner_keys_cache: dict[str, tuple[KeyRing, float]] = field(default_factory=dict)
@@ -77,4 +84,11 @@ class Runtime:
         """The key receipts are signed with (set once the app has started)."""
         if self.signer is None:
             raise RuntimeError("the coordinator's signing key is not loaded yet")
+        if self.signer_valid_until is not None and self.clock() >= self.signer_valid_until:
+            # A receipt signed now would fail verification (key_not_valid).
+            raise ServiceUnavailable(
+                f"this coordinator's signing key {self.signer.key_id} was retired and it "
+                "has no current key to sign receipts with; try again later",
+                error_code="signing_key_retired",
+            )
         return self.signer

@@ -1,11 +1,12 @@
-"""The background sweeper: lapsed leases, timeouts and silent miners, on a fixed beat."""
+"""The background sweeper: lapsed leases, timeouts, silent miners and expired files,
+on a fixed beat."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from aitbc.services import jobs, miners
+from aitbc.services import files, jobs, miners
 from aitbc.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -15,6 +16,7 @@ async def sweep_once(runtime: Runtime) -> dict[str, int]:
     """One pass: what changed, by kind."""
     counts = await jobs.sweep(runtime)
     counts["miners_offline"] = await miners.mark_offline(runtime)
+    counts["files_expired"] = await files.delete_expired(runtime)
     return counts
 
 

@@ -1,4 +1,4 @@
-"""Engines and sessions: SQLite (WAL, busy timeout, one connection) or PostgreSQL."""
+"""Engines and sessions: SQLite (WAL, one connection, asynchronous lock waits) or PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from aitbc.errors import ServiceUnavailable
-from aitbc.storage.inline_sqlite import inline_creator
-
-SQLITE_BUSY_TIMEOUT_MS = 5000
+from aitbc.storage.inline_sqlite import UNITS_RETRIED, Backoff, inline_creator, is_busy
 
 
 def is_sqlite(url: str) -> bool:
@@ -32,7 +30,9 @@ def create_engine(url: str) -> AsyncEngine:
     connection and lets asyncio queue requests for it (each transaction is short and
     nothing waits while holding it), running statements inline on the event loop
     (see ``inline_sqlite``). WAL lets readers outside the process (backups,
-    ``sqlite3``) read while it writes.
+    ``sqlite3``) read while it writes, and lets this process read while another
+    holds the write lock. SQLite's busy handler would sleep on the event loop, so it
+    is off; :func:`transaction` and :func:`read` wait for a lock asynchronously.
     """
     if is_sqlite(url):
         database = make_url(url).database
@@ -50,7 +50,7 @@ def create_engine(url: str) -> AsyncEngine:
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA busy_timeout=0")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -82,13 +82,18 @@ async def transaction(
     unit of work costs one hop into SQLAlchemy instead of one per statement plus the
     async connection's begin/close bookkeeping; the async driver (asyncpg, or the
     inline SQLite adapter) is still awaited underneath.
+
+    On SQLite, when another process holds the write lock, the unit is rolled back,
+    the connection given back (other requests, reads above all, go on meanwhile) and
+    ``work`` run again after a pause, up to ``LOCK_WAIT_SECONDS``; so ``work`` must
+    have no effects outside the connection before its last statement.
     """
 
     def unit() -> T:
         with engine.sync_engine.begin() as connection:
             return work(connection, *args, **kwargs)
 
-    return await _run(unit)
+    return await _run(engine, unit)
 
 
 async def read(
@@ -97,23 +102,46 @@ async def read(
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> T:
-    """Like :func:`transaction` for read-only work: nothing is committed."""
+    """Like :func:`transaction` for read-only work: nothing is committed. (WAL reads
+    take no lock; the rare ``SQLITE_BUSY`` a read can still meet is retried too.)"""
 
     def unit() -> T:
         with engine.sync_engine.connect() as connection:
             return work(connection, *args, **kwargs)
 
-    return await _run(unit)
+    return await _run(engine, unit)
 
 
-async def _run(unit: Callable[[], T]) -> T:
-    """Run a unit of work; an unreachable or locked database is a ServiceUnavailable."""
+async def _run(engine: AsyncEngine, unit: Callable[[], T]) -> T:
+    """Run a unit of work; an unreachable database, or one locked by another process
+    for longer than the wait, is a ServiceUnavailable."""
+    if engine.dialect.name != "sqlite":
+        try:
+            return await greenlet_spawn(unit)
+        except (OperationalError, DisconnectionError) as exc:
+            raise _unavailable() from exc
+    backoff: Backoff | None = None
+    token = UNITS_RETRIED.set(True)
     try:
-        return await greenlet_spawn(unit)
-    except (OperationalError, DisconnectionError) as exc:
-        raise ServiceUnavailable(
-            "the database is unavailable right now; try again", error_code="database_unavailable"
-        ) from exc
+        while True:
+            try:
+                return await greenlet_spawn(unit)
+            except OperationalError as exc:
+                if not is_busy(exc.orig):
+                    raise _unavailable() from exc
+                backoff = backoff or Backoff()
+                if not await backoff.pause():
+                    raise _unavailable() from exc
+            except DisconnectionError as exc:
+                raise _unavailable() from exc
+    finally:
+        UNITS_RETRIED.reset(token)
+
+
+def _unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the database is unavailable right now; try again", error_code="database_unavailable"
+    )
 
 
 async def ping(engine: AsyncEngine) -> bool:

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     Row,
@@ -34,11 +35,10 @@ from sqlalchemy import (
     update,
 )
 
-from aitbc.domain.jobs import JobStatus, MinerHardware
-from aitbc.storage.models import Job, Miner
+from aitbc.domain.jobs import JobStatus, MinerHardware, MinerTerms
+from aitbc.storage.models import Job
 
 JOBS = cast(Table, Job.__table__)
-MINERS = cast(Table, Miner.__table__)
 C = JOBS.c
 JobRecord = Row[Any]
 HARDWARE_CACHE_SIZE = 1024
@@ -76,21 +76,61 @@ def dispatch_filter(hardware: MinerHardware) -> ColumnElement[bool]:
     )
 
 
+# The polling or claiming miner's posted price, µAIT per 1,000 units.
+_PRICE = bindparam("price", type_=BigInteger())
+
+
+def price_filter() -> ColumnElement[bool]:
+    """SQL condition: the job accepts the price bound as ``price`` (mirrors
+    ``domain.jobs.within_price``)."""
+    return or_(C.max_price_micro.is_(None), C.max_price_micro >= _PRICE)
+
+
 @lru_cache(maxsize=HARDWARE_CACHE_SIZE)
 def next_jobs_statement(hardware: MinerHardware) -> Select[Any]:
     return (
         select(JOBS)
-        .where(dispatch_filter(hardware))
+        .where(dispatch_filter(hardware), price_filter())
         .order_by(C.priority.desc(), C.created_at, C.id)
         .limit(bindparam("limit"))
     )
 
 
-def next_jobs(connection: Connection, hardware: MinerHardware, limit: int) -> list[JobRecord]:
-    """Up to ``limit`` pending jobs ``hardware`` may run, in dispatch order: highest
-    priority, then oldest."""
-    result = connection.execute(next_jobs_statement(hardware), {"limit": limit})
+def next_jobs(
+    connection: Connection, hardware: MinerHardware, price_micro: int, limit: int
+) -> list[JobRecord]:
+    """Up to ``limit`` pending jobs ``hardware`` may run at ``price_micro``, in dispatch
+    order: highest priority, then oldest."""
+    result = connection.execute(
+        next_jobs_statement(hardware), {"limit": limit, "price": price_micro}
+    )
     return list(result.all())
+
+
+def running_count_statement() -> Select[Any]:
+    """How many jobs the miner bound as ``miner`` runs now."""
+    return (
+        select(func.count())
+        .select_from(JOBS)
+        .where(status_is(JobStatus.RUNNING), C.miner_id == bindparam("miner"))
+    )
+
+
+_RUNNING_COUNT = running_count_statement()
+_HELD = JOBS.alias("held")
+# The claimer's running jobs, counted over an alias: the claim updates the same table,
+# and an unaliased subquery would be correlated with the row being claimed.
+_HELD_BY_CLAIMER = (
+    select(func.count())
+    .select_from(_HELD)
+    .where(_HELD.c.status == literal_column("'running'"), _HELD.c.miner_id == bindparam("miner"))
+    .scalar_subquery()
+)
+
+
+def running_count(connection: Connection, miner_id: str) -> int:
+    """See :func:`running_count_statement`."""
+    return int(connection.execute(_RUNNING_COUNT, {"miner": miner_id}).scalar_one())
 
 
 @lru_cache(maxsize=HARDWARE_CACHE_SIZE)
@@ -98,7 +138,12 @@ def _claim_statement(hardware: MinerHardware) -> Update:
     return (
         update(JOBS)
         .where(
-            C.id == bindparam("job_id"), dispatch_filter(hardware), C.deadline_at > bindparam("now")
+            C.id == bindparam("job_id"),
+            dispatch_filter(hardware),
+            price_filter(),
+            C.deadline_at > bindparam("now"),
+            # The claimer holds fewer jobs than it declared it runs at once.
+            bindparam("concurrency") > _HELD_BY_CLAIMER,
         )
         .values(
             status=JobStatus.RUNNING.value,
@@ -110,10 +155,10 @@ def _claim_statement(hardware: MinerHardware) -> Update:
             # A new attempt starts clean; an earlier attempt's error no longer applies.
             error=None,
             error_code=None,
-            # The price the miner posts now is the price of this job.
-            unit_price_micro=select(MINERS.c.price_micro)
-            .where(MINERS.c.id == bindparam("claimer"))
-            .scalar_subquery(),
+            # The price the miner posts now (read in this transaction, its row
+            # locked) is the price of this job, whatever it posts later.
+            unit_price_micro=_PRICE,
+            prompt_allowance_tokens=_allowance_by_model(hardware),
         )
         .returning(JOBS)
     )
@@ -122,17 +167,39 @@ def _claim_statement(hardware: MinerHardware) -> Update:
 def claim(
     connection: Connection,
     hardware: MinerHardware,
+    terms: MinerTerms,
     job_id: str,
     miner_id: str,
     now: datetime,
     lease_until: datetime,
 ) -> JobRecord | None:
-    """Make a pending job this miner may run ``running`` under its lease, or None."""
-    result = connection.execute(
-        _claim_statement(hardware),
-        {"job_id": job_id, "claimer": miner_id, "now": now, "lease_until": lease_until},
-    )
+    """Make a pending job this miner may run at its price ``running`` under its
+    lease, if the miner holds fewer jobs than its concurrency; None otherwise."""
+    parameters: dict[str, Any] = {
+        "job_id": job_id,
+        "claimer": miner_id,
+        "miner": miner_id,
+        "now": now,
+        "lease_until": lease_until,
+        "price": terms.price_micro,
+        "concurrency": terms.concurrency,
+    }
+    for index, model in enumerate(sorted(hardware.models)):
+        parameters[f"allowance_{index}"] = terms.prompt_allowance(model)
+    result = connection.execute(_claim_statement(hardware), parameters)
     return result.first()
+
+
+def _allowance_by_model(hardware: MinerHardware) -> ColumnElement[Any]:
+    """The claimer's template allowance for the job's model, one bound parameter per
+    model it serves (the job's model is one of them, or the claim does not match)."""
+    return case(
+        *[
+            (C.model == literal(model), bindparam(f"allowance_{index}"))
+            for index, model in enumerate(sorted(hardware.models))
+        ],
+        else_=None,
+    )
 
 
 _COMPLETE = (
@@ -297,15 +364,11 @@ def fetch_page(
 
 
 def renew_leases(
-    connection: Connection,
-    miner_id: str,
-    lease_until: datetime,
-    job_ids: Collection[str] | None = None,
+    connection: Connection, miner_id: str, lease_until: datetime, job_ids: Collection[str]
 ) -> None:
-    """See :func:`renew_leases_statement`."""
-    if job_ids is not None and not job_ids:
-        return
-    connection.execute(renew_leases_statement(miner_id, lease_until, job_ids))
+    """See :func:`renew_leases_statement`; nothing to do for no jobs."""
+    if job_ids:
+        connection.execute(renew_leases_statement(miner_id, lease_until, job_ids))
 
 
 def statuses(connection: Connection, job_ids: Collection[str]) -> dict[str, tuple[str, str | None]]:
@@ -335,18 +398,15 @@ def lapsed_statement(now: datetime, limit: int) -> Select[Any]:
 
 
 def renew_leases_statement(
-    miner_id: str, lease_until: datetime, job_ids: Collection[str] | None = None
+    miner_id: str, lease_until: datetime, job_ids: Collection[str]
 ) -> Update:
-    """Extend the leases of ``miner_id``'s running jobs: all of them, or only those
-    in ``job_ids`` (the ones the miner says it is still running)."""
-    statement = (
+    """Extend the leases of those of ``job_ids`` (the jobs the miner says it is still
+    running) that ``miner_id`` does hold and that are running."""
+    return (
         update(JOBS)
-        .where(C.miner_id == miner_id, status_is(JobStatus.RUNNING))
+        .where(C.miner_id == miner_id, status_is(JobStatus.RUNNING), C.id.in_(list(job_ids)))
         .values(lease_expires_at=lease_until)
     )
-    if job_ids is not None:
-        statement = statement.where(C.id.in_(list(job_ids)))
-    return statement
 
 
 def overdue(connection: Connection, now: datetime, limit: int) -> Sequence[JobRecord]:

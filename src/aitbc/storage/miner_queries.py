@@ -6,12 +6,31 @@ from __future__ import annotations
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Connection, Table, update
+from sqlalchemy import Connection, Table, bindparam, select, update
 
+from aitbc.domain.jobs import MinerTerms
 from aitbc.storage.models import Miner
 
 MINERS = cast(Table, Miner.__table__)
 OFFLINE = "offline"
+
+
+_TERMS_FOR_CLAIM = (
+    select(MINERS.c.price_micro, MINERS.c.concurrency, MINERS.c.template_tokens)
+    .where(MINERS.c.id == bindparam("miner_id"))
+    .with_for_update()
+)
+
+
+def lock_terms(connection: Connection, miner_id: str) -> MinerTerms | None:
+    """The miner's current price, concurrency and template tokens, its row locked
+    until the transaction ends (PostgreSQL; SQLite has one writer at a time anyway):
+    two claims by one miner are decided one after the other, so neither can pass
+    its concurrency on a count the other has not committed yet."""
+    row = connection.execute(_TERMS_FOR_CLAIM, {"miner_id": miner_id}).first()
+    if row is None:
+        return None
+    return MinerTerms.from_columns(row.price_micro, row.concurrency, row.template_tokens)
 
 
 def record_heartbeat(

@@ -1,16 +1,21 @@
-"""Admin endpoints: miners, all jobs, statistics, client keys."""
+"""Admin endpoints: miners, all jobs, statistics, client accounts, API keys, the
+signing key."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
 from aitbc.api.deps import PrincipalDep, RuntimeDep
 from aitbc.api.responses import JSONDocument
+from aitbc.api.routers.auth import ApiKeyId
 from aitbc.domain.jobs import JobStatus
 from aitbc.schemas import (
+    MINER_ID_PATTERN,
     AdminStats,
+    ApiKeyInfo,
+    ApiKeyList,
     ClientCredentials,
     ClientRegistration,
     JobList,
@@ -56,6 +61,32 @@ async def create_client(
     """Create a client account and key (works even when self-registration is off)."""
     auth.require_role(principal, "admin")
     return await auth.register_client(runtime, body.name if body else None)
+
+
+@router.get("/keys", response_model=ApiKeyList)
+async def list_api_keys(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    owner: Annotated[
+        str | None, Query(pattern=MINER_ID_PATTERN, description="a client or miner id")
+    ] = None,
+    role: Literal["client", "miner", "admin"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> ApiKeyList:
+    """API keys of one owner (or all), revoked ones too, oldest first."""
+    return await auth.list_keys(
+        runtime, principal, owner=owner, role=role, limit=limit, offset=offset
+    )
+
+
+@router.delete("/keys/{key_id}", response_model=ApiKeyInfo)
+async def revoke_api_key(
+    runtime: RuntimeDep, principal: PrincipalDep, key_id: ApiKeyId
+) -> ApiKeyInfo:
+    """Revoke anyone's API key, refused by every coordinator within 5 s; only the
+    last active admin key is kept (409 ``last_api_key``)."""
+    return await auth.revoke_key(runtime, principal, key_id)
 
 
 @router.post("/keys/rotate", status_code=201, response_model=PublicKeyInfo)
