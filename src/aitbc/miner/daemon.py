@@ -130,7 +130,6 @@ class Miner:
             "concurrency": self.config.concurrency,
             "template_tokens": self.backend.template_tokens(),
             "public_key": self.key.public_key_b64,
-            "concurrency": self.config.concurrency,
         }
 
     async def register(self) -> None:
