@@ -509,12 +509,25 @@ class AdminStats(BaseModel):
     completed_last_minute: int
 
 
-class Health(BaseModel):
-    """Liveness and database reachability."""
+class RateLimitHealth(BaseModel):
+    """Where rate-limit counters are kept right now."""
 
+    # "redis": shared by every coordinator on it; "memory": this process only.
+    storage: Literal["redis", "memory"]
+    # True while a configured Redis does not answer and this process counts alone.
+    degraded: bool
+    detail: str | None = None
+
+
+class Health(BaseModel):
+    """Liveness, database reachability and where rate limits are counted."""
+
+    # "degraded" (503) only when the database does not answer: rate limits counted in
+    # process while Redis is away still serve, and say so in ``rate_limits``.
     status: Literal["ok", "degraded"]
     version: str
     database: Literal["ok", "error"]
+    rate_limits: RateLimitHealth
 
 
 class ErrorBody(BaseModel):

@@ -38,16 +38,22 @@ class Settings(BaseSettings):
     rate_limit: str = "60/minute;1000/hour"
     # Miner daemons heartbeat and long-poll on their own, so they get their own budget.
     miner_rate_limit: str = "600/minute;20000/hour"
-    # "memory://" keeps counters in-process; "redis://host:6379" shares them.
+    # "memory://" keeps counters in-process; "redis://host:6379[/db]" shares them
+    # between coordinators (in process while Redis does not answer).
     rate_limit_storage_url: str = "memory://"
     # The Redis shared by coordinators (DESIGN.md section 4); rate limits use it when
     # rate_limit_storage_url is left at memory://.
     redis_url: str | None = None
+    # Prefix of the rate-limit keys in Redis, so deployments can share one server.
+    rate_limit_key_prefix: str = "aitbc"
     # Addresses of proxies whose X-Forwarded-For / X-Forwarded-Proto are believed
     # (comma-separated IPs or networks, "*" for any); empty: none are.
     forwarded_allow_ips: str = ""
-    # A request body must keep arriving: this long without a byte and it is dropped.
-    request_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A request body must keep arriving: this long between two chunks and it is
+    # dropped with 408 (Apache's mod_reqtimeout default); after this long it must also
+    # average 500 bytes/s, so a body trickling in a byte at a time cannot hold a
+    # connection either. An upload at any sane pace may take as long as it needs.
+    request_read_timeout_seconds: float = Field(default=20.0, gt=0)
 
     default_model: str = "smollm2-135m"
     # AIT per 1,000 units a job accepts when its request names no max_price.

@@ -339,3 +339,13 @@ async def test_expired_files_are_gone_and_swept_in_batches(coordinator: Coordina
     assert swept[0] == files.FILE_SWEEP_BATCH, swept
     assert sum(swept) == expired, swept
     assert ok(await coordinator.http.get("/v1/files", headers=client))["total"] == 0
+
+
+async def test_an_expired_file_cannot_be_a_jobs_input(coordinator: Coordinator) -> None:
+    _client_id, client = await coordinator.new_client()
+    info = ok(await upload(coordinator, client, b"soon gone"), 201)
+    coordinator.clock.advance(TTL_SECONDS)
+    response = await coordinator.http.post(
+        "/v1/jobs", json={"input": info["file_id"]}, headers=client
+    )
+    assert_error(response, 404, "file_not_found")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from aitbc import __version__
-from tests.conftest import Coordinator
+from aitbc.api import create_app
+from tests.conftest import Coordinator, make_settings
+from tests.e2e.processes import free_port
 from tests.integration.helpers import assert_error, ok
 
 LIMIT = 5
@@ -96,4 +100,44 @@ async def test_admin_miners_and_health_are_not_held_to_the_client_limit(
 async def test_health(coordinator: Coordinator) -> None:
     response = await coordinator.http.get("/health")
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ok", "version": __version__, "database": "ok"}
+    assert response.json() == {
+        "status": "ok",
+        "version": __version__,
+        "database": "ok",
+        "rate_limits": {"storage": "memory", "degraded": False, "detail": None},
+    }
+
+
+async def _health_of(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    app = create_app(make_settings(tmp_path, "sqlite", **overrides), run_sweeper=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.get("/health")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_a_redis_password_never_shows_in_health(tmp_path: Path) -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"  # nothing listens there
+    body = await _health_of(tmp_path, rate_limit="5/minute", rate_limit_storage_url=url)
+    assert body["status"] == "ok"
+    assert body["rate_limits"]["degraded"] is True
+    assert "redis://***@127.0.0.1:" in body["rate_limits"]["detail"]
+    assert "hunter2" not in json.dumps(body)
+
+
+async def test_the_explicit_storage_url_wins_over_redis_url(tmp_path: Path) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    body = await _health_of(
+        tmp_path, rate_limit_storage_url=closed, redis_url="redis://127.0.0.1:6379/0"
+    )
+    assert body["rate_limits"]["degraded"] is True
+    assert closed in body["rate_limits"]["detail"]
+
+
+def test_an_unsupported_rate_limit_storage_is_refused_at_start(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, "sqlite", rate_limit_storage_url="memcached://127.0.0.1")
+    with pytest.raises(ValueError, match=r"use memory:// or redis://"):
+        create_app(settings)

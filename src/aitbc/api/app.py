@@ -11,7 +11,8 @@ from fastapi import FastAPI
 
 from aitbc import __version__
 from aitbc.api.errors import install_error_handlers
-from aitbc.api.middleware import AuthRateLimitMiddleware, BodySizeLimitMiddleware
+from aitbc.api.middleware import AuthRateLimitMiddleware, BodyLimitsMiddleware
+from aitbc.api.rate_limits import build_rate_limiter
 from aitbc.api.routers import admin, auth, clients, files, jobs, miners, receipts, system
 from aitbc.schemas import ErrorBody
 from aitbc.services import keys, sweeper
@@ -38,6 +39,7 @@ def build_runtime(settings: Settings, clock: Clock = utc_now) -> Runtime:
 def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool = True) -> FastAPI:
     """The coordinator ASGI app. Start-up migrates the database and ensures an admin key."""
     runtime = build_runtime(settings, clock)
+    rate_limiter = build_rate_limiter(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +57,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
             await runtime.engine.dispose()
             raise
         log.info("signing receipts with key %s", runtime.signing_key().key_id)
+        await rate_limiter.start()
         tasks = (
             [
                 asyncio.create_task(sweeper.run_forever(runtime)),
@@ -72,6 +75,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await rate_limiter.aclose()
             await runtime.engine.dispose()
 
     app = FastAPI(
@@ -85,13 +89,15 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
         },
     )
     app.state.runtime = runtime
+    app.state.rate_limiter = rate_limiter
     install_error_handlers(app)
     for router in (system, clients, auth, miners, jobs, receipts, files, admin):
         app.include_router(router.router)
-    app.add_middleware(AuthRateLimitMiddleware, runtime=runtime)
+    app.add_middleware(AuthRateLimitMiddleware, runtime=runtime, limiter=rate_limiter)
     app.add_middleware(
-        BodySizeLimitMiddleware,
+        BodyLimitsMiddleware,
         max_bytes=settings.max_request_bytes,
         max_upload_bytes=settings.max_upload_bytes,
+        read_timeout=settings.request_read_timeout_seconds,
     )
     return app

@@ -1,26 +1,31 @@
-"""ASGI middleware: authentication + rate limits per key (or per address), body size caps.
+"""ASGI middleware: authentication + rate limits per key (or per address), request bodies
+bounded in size and in pace.
 
-Rate limits use the ``limits`` library's sliding-window counters; the storage is
-in-process by default and can be Redis so several coordinators share the counts.
-Every response carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
-``X-RateLimit-Reset``; refused requests get 429 with ``Retry-After``.
+Rate limits are decided by :mod:`aitbc.api.rate_limits` (in process, or shared through
+Redis). Every limited response carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining``
+and ``X-RateLimit-Reset``; refused requests get 429 with ``Retry-After``.
+
+A body must keep arriving: a gap of ``request_read_timeout_seconds`` between two chunks,
+or a body slower on average than ``MIN_BODY_BYTES_PER_SECOND`` once that grace period
+is spent, ends the request with 408 and the connection is closed. The second rule is
+what stops a client trickling one byte every few seconds, which never leaves a gap;
+an upload at any sane pace may take as long as it needs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from limits.storage import storage_from_string
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aitbc.api.rate_limits import RateLimiter
 from aitbc.errors import AITBCError
 from aitbc.services.auth import authenticate, hash_key
 from aitbc.services.runtime import Principal, Runtime
@@ -30,6 +35,8 @@ AUTH_ERROR_STATE_KEY = "auth_error"
 UPLOAD_PATH = "/v1/files"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 EXEMPT_PATHS = frozenset({"/health", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"})
+# Apache's mod_reqtimeout default (MinRate=500): slower than a 4 kbit/s modem.
+MIN_BODY_BYTES_PER_SECOND = 500
 
 
 @dataclass(frozen=True)
@@ -63,19 +70,12 @@ async def _send_json(
 class AuthRateLimitMiddleware:
     """Resolve the caller's key once per request, then apply its rate limits."""
 
-    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime, limiter: RateLimiter) -> None:
         self.app = app
         self.runtime = runtime
         settings = runtime.settings
         self.limits = _Limits(_parse(settings.rate_limit), _parse(settings.miner_rate_limit))
-        url = settings.rate_limit_storage_url
-        if not url.startswith("async+"):
-            url = "async+" + url
-        storage = storage_from_string(url)
-        if not isinstance(storage, Storage):
-            raise ValueError(f"rate limit storage {url!r} has no asyncio implementation")
-        self.storage = storage
-        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,6 +98,8 @@ class AuthRateLimitMiddleware:
             identity = "key:" + hash_key(secret)
             items = self.limits.miner if principal.role == "miner" else self.limits.default
         else:
+            # The peer's address: uvicorn puts a forwarded one here only when the peer
+            # is a proxy listed in forwarded_allow_ips.
             client = scope.get("client")
             identity = "ip:" + (client[0] if client else "unknown")
             items = self.limits.default
@@ -105,32 +107,19 @@ class AuthRateLimitMiddleware:
             await self.app(scope, receive, send)
             return
 
-        allowed = True
-        for item in items:
-            if not await self.limiter.hit(item, identity):
-                allowed = False
-                break
-        tightest_remaining = math.inf
-        header_item = items[0]
-        reset_at = 0.0
-        for item in items:
-            stats = await self.limiter.get_window_stats(item, identity)
-            if stats.remaining < tightest_remaining:
-                tightest_remaining = stats.remaining
-                header_item = item
-                reset_at = stats.reset_time
+        decision = await self.limiter.decide(items, identity)
         headers = [
-            (b"x-ratelimit-limit", str(header_item.amount).encode()),
-            (b"x-ratelimit-remaining", str(int(max(tightest_remaining, 0))).encode()),
-            (b"x-ratelimit-reset", str(math.ceil(reset_at)).encode()),
+            (b"x-ratelimit-limit", str(decision.item.amount).encode()),
+            (b"x-ratelimit-remaining", str(decision.remaining).encode()),
+            (b"x-ratelimit-reset", str(math.ceil(decision.reset_at)).encode()),
         ]
-        if not allowed:
-            retry_after = max(1, math.ceil(reset_at - time.time()))
+        if not decision.allowed:
+            retry_after = max(1, math.ceil(decision.reset_at - time.time()))
             await _send_json(
                 send,
                 429,
                 {
-                    "detail": f"rate limit exceeded ({header_item}); retry in {retry_after} s",
+                    "detail": f"rate limit exceeded ({decision.item}); retry in {retry_after} s",
                     "error_code": "rate_limited",
                 },
                 [*headers, (b"retry-after", str(retry_after).encode())],
@@ -145,20 +134,29 @@ class AuthRateLimitMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-class BodySizeLimitMiddleware:
-    """Refuse bodies over the configured size (uploads get their own, larger cap)."""
+class BodyLimitsMiddleware:
+    """Refuse bodies over the configured size (uploads get their own, larger cap) with
+    413, and bodies that stall or trickle with 408 (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, max_upload_bytes: int, read_timeout: float
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_upload_bytes = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared in (None, "0") and "transfer-encoding" not in headers:
+            # No body (RFC 9112 section 6.3): nothing to bound, nothing to wait for.
+            await self.app(scope, receive, send)
+            return
         limit = self.max_upload_bytes if scope["path"] == UPLOAD_PATH else self.max_bytes
-        declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _send_json(
                 send,
@@ -167,18 +165,70 @@ class BodySizeLimitMiddleware:
                 [],
             )
             return
+        gap = self.read_timeout
+        loop = asyncio.get_running_loop()
         received = 0
+        first_read_at: float | None = None
+        body_complete = False
+        response_started = False
+        answered = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal received, first_read_at, body_complete
+            if body_complete:
+                # Only the disconnect is left: streaming responses wait on it for long.
+                return await receive()
+            now = loop.time()
+            if first_read_at is None:
+                # From the first read, not from the request's start: time the app spent
+                # before reading (a key lookup, say) is not the client's.
+                first_read_at = now
+            allowance = first_read_at + gap + received / MIN_BODY_BYTES_PER_SECOND
+            stalled = now + gap <= allowance
+            try:
+                async with asyncio.timeout_at(now + gap if stalled else allowance):
+                    message = await receive()
+            except TimeoutError:
+                if stalled:
+                    detail = f"request body stalled: no data for {gap:g} s"
+                else:
+                    detail = f"request body too slow: under {MIN_BODY_BYTES_PER_SECOND} bytes/s"
+                await answer_timed_out(detail)
+                raise _ReadTimedOut(detail) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise _BodyTooLarge(limit)
+                body_complete = not message.get("more_body", False)
+            else:
+                body_complete = True
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def answer_timed_out(detail: str) -> None:
+            nonlocal answered
+            if response_started:
+                return
+            answered = True
+            await _send_json(
+                send,
+                408,
+                {"detail": detail, "error_code": "request_timeout"},
+                [(b"connection", b"close")],
+            )
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if answered:
+                return  # the 408 is out; what the app says after it goes nowhere
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except _ReadTimedOut:
+            if not answered:
+                raise
 
 
 class _BodyTooLarge(HTTPException):
@@ -186,3 +236,10 @@ class _BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body over {limit} bytes")
+
+
+class _ReadTimedOut(HTTPException):
+    """Unwinds the app once the 408 is sent; an HTTPException so FastAPI passes it on."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(408, detail)

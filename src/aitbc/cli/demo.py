@@ -23,6 +23,7 @@ import httpx
 import uvicorn
 
 from aitbc.api import create_app
+from aitbc.api.server import uvicorn_options
 from aitbc.domain.signing import KeyRing
 from aitbc.miner.backends.bundled import DEFAULT_MODEL_NAME
 from aitbc.miner.backends.llamacpp import LlamaCppBackend
@@ -65,7 +66,13 @@ async def run_demo(port: int = 0, keep_running: bool = False) -> int:
             data_dir=Path(data_dir) / "coordinator", port=port, default_model=DEFAULT_MODEL_NAME
         )
         server = uvicorn.Server(
-            uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+            uvicorn.Config(
+                create_app(settings),
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                **uvicorn_options(settings),
+            )
         )
         serving = asyncio.create_task(server.serve())
         while not server.started:

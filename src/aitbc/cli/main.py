@@ -18,7 +18,7 @@ from aitbc.settings import DEFAULT_PORT, Settings
 def _settings_from(args: argparse.Namespace) -> Settings:
     """Flags first, then AITBC_* variables (pydantic-settings), then defaults."""
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "database_url", "data_dir", "log_level"):
+    for name in ("host", "port", "database_url", "data_dir", "log_level", "forwarded_allow_ips"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -48,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from aitbc.api import create_app
+    from aitbc.api.server import uvicorn_options
 
     settings = _settings_from(args)
     tune_garbage_collector()
@@ -64,6 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=args.access_log,
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )
     return 0
 
@@ -175,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        help="proxies whose X-Forwarded-For is believed (IPs or networks, comma-separated; "
+        "'*' for any); default none ($AITBC_FORWARDED_ALLOW_IPS)",
+    )
     _add_storage_flags(serve)
     serve.set_defaults(handler=cmd_serve)
 

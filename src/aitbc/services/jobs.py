@@ -57,6 +57,7 @@ from aitbc.schemas import (
     ProgressAck,
     ProgressReport,
 )
+from aitbc.services import files as file_service
 from aitbc.services import keys as key_service
 from aitbc.services import miners as miner_service
 from aitbc.services.auth import require_client, require_miner, require_role
@@ -66,7 +67,6 @@ from aitbc.services.views import JobDocument, job_document, job_list_document
 from aitbc.storage import job_queries, miner_queries, queries, receipt_queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.job_queries import JobRecord
-from aitbc.storage.models import StoredFile
 
 TIMEOUT_ERROR_CODE = "timeout"
 LEASE_LAPSED_ERROR_CODE = "lease_expired"
@@ -115,23 +115,6 @@ def load_visible_job(connection: Connection, principal: Principal, job_id: str) 
     return row
 
 
-async def _prompt_from_file(runtime: Runtime, client_id: str, file_id: str) -> str:
-    async with runtime.sessions() as session:
-        stored = await session.get(StoredFile, file_id)
-    if stored is None or stored.client_id != client_id:
-        raise NotFound(f"file {file_id} not found", error_code="file_not_found")
-    try:
-        text: str | None = stored.data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is None or "\x00" in text:
-        raise InvalidRequest(
-            f"file {file_id} is not UTF-8 text; text-generation jobs need a text prompt",
-            error_code="file_not_text",
-        )
-    return text
-
-
 async def submit(runtime: Runtime, principal: Principal, request: JobRequest) -> JobDocument:
     """Queue a job for the calling client and offer it to a waiting miner."""
     client_id = require_client(principal)
@@ -144,7 +127,9 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
         )
     file_id = request.file_id
     prompt = (
-        await _prompt_from_file(runtime, client_id, file_id) if file_id else request.text_or_file
+        await file_service.prompt_of(runtime, client_id, file_id)
+        if file_id
+        else request.text_or_file
     )
     if len(prompt) > settings.max_prompt_chars:
         raise PayloadTooLarge(

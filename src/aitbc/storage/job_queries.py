@@ -19,6 +19,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
+    Integer,
     Row,
     Select,
     Table,
@@ -143,7 +144,7 @@ def _claim_statement(hardware: MinerHardware) -> Update:
             price_filter(),
             C.deadline_at > bindparam("now"),
             # The claimer holds fewer jobs than it declared it runs at once.
-            bindparam("concurrency") > _HELD_BY_CLAIMER,
+            bindparam("concurrency", type_=Integer()) > _HELD_BY_CLAIMER,
         )
         .values(
             status=JobStatus.RUNNING.value,
@@ -195,7 +196,7 @@ def _allowance_by_model(hardware: MinerHardware) -> ColumnElement[Any]:
     model it serves (the job's model is one of them, or the claim does not match)."""
     return case(
         *[
-            (C.model == literal(model), bindparam(f"allowance_{index}"))
+            (C.model == literal(model), bindparam(f"allowance_{index}", type_=Integer()))
             for index, model in enumerate(sorted(hardware.models))
         ],
         else_=None,
