@@ -11,7 +11,10 @@ private data dir, identity kept across a restart, cancellation mid-generation,
 SIGTERM mid-job (the job goes back to the queue and a restart completes it), a
 coordinator killed mid-job (the result waits in the outbox and is delivered once it
 is back, also by the miner's next start), a prompt too long for the model's context,
-and SIGTERM while the coordinator cannot be reached (while registering or mid-job).
+SIGTERM while the coordinator cannot be reached (while registering or mid-job),
+repeated SIGINT mid-job (the job is handed back without using up its attempts), and
+a key the coordinator refuses (the daemon stops in order and exits 1; against the
+real coordinator, and against a tiny server that also records what the daemon sends).
 
 Each process writes its output to a log file under the test's tmp dir; a failing
 wait prints the tails of those logs, and so does every test's teardown (pytest
@@ -23,8 +26,10 @@ of them on the same cores slow each other down by one to two orders of magnitude
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -41,6 +46,7 @@ from aitbc.domain.signing import SigningKey
 from aitbc.sdk import KeyRing, VerificationFailed, VerifiedReceipt, verify_receipt
 from tests.e2e.processes import AITBC, clean_env, free_port, spawn_serve, wait_healthy
 from tests.e2e.processes import stop_process as _stop_process
+from tests.served import served
 
 pytestmark = pytest.mark.e2e
 
@@ -194,12 +200,14 @@ class MinerProcess:
             time.sleep(0.05)
         pytest.fail(f"aitbc miner did not register in time:\n{self.logs()}")
 
-    def terminate(self, timeout: float) -> tuple[int | None, float]:
-        """SIGTERM; its exit code (None if still running after ``timeout``) and how
-        long it took to exit."""
+    def terminate(
+        self, timeout: float, signum: signal.Signals = signal.SIGTERM
+    ) -> tuple[int | None, float]:
+        """SIGTERM (or ``signum``); its exit code (None if still running after
+        ``timeout``) and how long it took to exit."""
         assert self.process is not None
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(signum)
         try:
             code: int | None = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -561,22 +569,47 @@ def test_sigterm_gives_the_job_back_and_a_restart_completes_it(market: Market) -
     assert seconds < 5.0, f"the miner took {seconds:.1f} s to exit"
     print(f"miner exited {seconds:.2f} s after SIGTERM")
 
-    # A retryable failure: back in the queue for any miner.
+    # Handed back: in the queue again for any miner, with its attempt given back.
     job = market.job(job_id)
     assert job["status"] == "pending", job
-    assert job["error_code"] == "miner_error", job
+    assert job["error_code"] == "handed_back", job
     assert "shutting down" in (job["error"] or ""), job
-    assert job["attempts"] == 1, job
+    assert job["attempts"] == 0, job
     assert job["miner_id"] is None and job["result"] is None, job
     assert list(miner.outbox.iterdir()) == []
 
     miner.start()
     done = market.wait_job(job_id, {"completed", "failed"}, timeout=60)
     assert done["status"] == "completed", done
-    assert done["attempts"] == 2, done
+    assert done["attempts"] == 1, done
     assert done["miner_id"] == "e2e-sigterm"
     assert 0 < done["usage"]["completion_tokens"] <= max_tokens
     market.verify(done)
+
+
+def test_sigint_restarts_mid_job_hand_it_back_without_failing_it(market: Market) -> None:
+    """A miner stopped three times while it runs the job (SIGINT, the grace period
+    runs out, the job is handed back) costs the job none of its attempts: it stays
+    pending for the next start, which completes it. Before, each stop used up one of
+    its three attempts and the third left it failed with "miner shutting down"."""
+    miner = market.start_miner(miner_id="e2e-handback", grace_seconds=1)
+    job_id = market.submit(LONG_PROMPT, **{**LONG_PARAMS, "max_tokens": 400})
+    for stop in range(1, 4):
+        market.wait_running(job_id)
+        code, seconds = miner.terminate(timeout=15, signum=signal.SIGINT)
+        if code != 0:
+            market.fail(f"stop {stop}: the miner exited with {code} after {seconds:.1f} s")
+        job = market.job(job_id)
+        assert job["status"] == "pending", (stop, job)
+        assert job["error_code"] == "handed_back", job
+        assert "shutting down" in (job["error"] or ""), job
+        miner.start()
+    done = market.wait_job(job_id, {"completed", "failed"}, timeout=60)
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 1, done  # only the claim that completed it counts
+    assert done["miner_id"] == "e2e-handback"
+    market.verify(done)
+    assert miner.log_text().count("stopping: no new jobs; 1 running") == 3
 
 
 def test_result_survives_a_coordinator_crash(market: Market) -> None:
@@ -751,3 +784,138 @@ def test_a_backend_that_dies_mid_job(market: Market) -> None:
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+# --- a key the coordinator refuses -------------------------------------------------------
+
+
+def error_lines(miner: MinerProcess) -> list[str]:
+    return [line for line in miner.log_text().splitlines() if " ERROR " in line]
+
+
+def test_a_revoked_key_stops_the_daemon_cleanly(market: Market) -> None:
+    """The coordinator starts refusing the miner's key (revoked in its database while
+    it was restarted) while a result waits for delivery: the daemon notices at once,
+    says so in one line, still shuts down in order (the result stays on disk for a
+    later start) and exits 1. Before, a refused poll ended the poll task unnoticed
+    and a refused heartbeat was logged every second, with the daemon running on."""
+    miner = market.start_miner(miner_id="e2e-revoked", grace_seconds=5)
+    job_id = market.submit(LONG_PROMPT, **{**LONG_PARAMS, "max_tokens": 100})
+    market.wait_job(job_id, {"running"}, timeout=15)
+    market.coordinator.kill()
+    kept_file = miner.outbox / f"{job_id}.json"
+    market.wait_until(lambda: kept_file.exists() or None, 30, f"{kept_file} to be written")
+    database = sqlite3.connect(market.coordinator.data_dir / "aitbc.db")
+    try:
+        with database:
+            revoked = database.execute(
+                "UPDATE api_keys SET revoked_at = created_at WHERE owner_id = ?",
+                ("e2e-revoked",),
+            ).rowcount
+    finally:
+        database.close()
+    assert revoked == 1
+    market.coordinator.start()
+
+    assert miner.process is not None
+    try:
+        code = miner.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        market.fail("the miner kept running with a refused key")
+    assert code == 1, f"exit code {code}\n{market.diagnostics()}"
+    (line,) = error_lines(miner)
+    assert "stopping: the" in line and "401 invalid_api_key" in line, line
+    assert "Traceback" not in miner.log_text()
+    # The shutdown ran in order: a last delivery attempt, and the result kept.
+    assert f"result of {job_id} stays in" in miner.log_text()
+    assert json.loads(kept_file.read_text())["miner_id"] == "e2e-revoked"
+
+
+@dataclass
+class StubCoordinator:
+    """A tiny HTTP server in front of the real daemon: it registers the miner, takes
+    its heartbeats, answers its first polls with no job and every later poll with
+    401, as a coordinator does once the key is revoked; it keeps what it was sent."""
+
+    registrations: list[dict[str, Any]] = field(default_factory=list)
+    heartbeats: list[dict[str, Any]] = field(default_factory=list)
+    polls: int = 0
+
+    def app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        async def register(request: Request) -> JSONResponse:
+            body = await request.json()
+            self.registrations.append(body)
+            return JSONResponse({"miner_id": body["miner_id"], "api_key": "stub-key"}, 201)
+
+        async def heartbeat(request: Request) -> JSONResponse:
+            self.heartbeats.append(await request.json())
+            miner_id = request.path_params["miner_id"]
+            return JSONResponse({"miner_id": miner_id, "status": "online", "cancelled_jobs": []})
+
+        async def available(request: Request) -> JSONResponse:
+            self.polls += 1
+            if len(self.heartbeats) < 2:  # idle for a while first: no job yet
+                await asyncio.sleep(0.5)
+                return JSONResponse(None)
+            detail = {"detail": "unknown or revoked API key", "error_code": "invalid_api_key"}
+            return JSONResponse(detail, 401)
+
+        return Starlette(
+            routes=[
+                Route("/v1/miners/register", register, methods=["POST"]),
+                Route("/v1/miners/{miner_id}/heartbeat", heartbeat, methods=["POST"]),
+                Route("/v1/jobs/available", available, methods=["GET"]),
+            ]
+        )
+
+
+def test_a_refused_poll_stops_the_daemon_and_registration_declares_its_limits(
+    tmp_path: Path,
+) -> None:
+    """The long poll answered 401 stops the daemon with one line and exit 1 (before,
+    the poll task died unnoticed while heartbeats went on). What it sent on the way:
+    its concurrency and its template overhead at registration, and every heartbeat
+    lists its running jobs, also when there are none (only listed jobs are renewed)."""
+    stub = StubCoordinator()
+    with served(stub.app()) as url:
+        miner = MinerProcess(tmp_path, url, miner_id="e2e-stub", concurrency=2)
+        try:
+            miner.start()
+            assert miner.process is not None
+            try:
+                code = miner.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the miner kept running after its poll was refused\n{miner.logs()}")
+        finally:
+            miner.stop()
+    assert code == 1, miner.logs()
+    (line,) = error_lines(miner)
+    assert "stopping: the poll task failed: 401 invalid_api_key" in line, line
+    assert "Traceback" not in miner.log_text()
+
+    (registration,) = stub.registrations
+    assert registration["concurrency"] == 2
+    # SmolLM2's chat template (a system prompt and role markers) adds some 30 tokens.
+    assert set(registration["template_tokens"]) == {MODEL}
+    assert 10 < registration["template_tokens"][MODEL] <= 256, registration
+    assert len(stub.heartbeats) >= 2
+    assert all(beat["running_jobs"] == [] for beat in stub.heartbeats), stub.heartbeats
+
+
+@pytest.mark.parametrize("value", ["0", "1025", "two"])
+def test_concurrency_out_of_bounds_is_refused_before_start(tmp_path: Path, value: str) -> None:
+    """What a registration could not declare is refused by the command line."""
+    finished = subprocess.run(
+        [*AITBC, "miner", "--data-dir", str(tmp_path / "miner"), "--concurrency", value],
+        capture_output=True,
+        env=clean_env(),
+        timeout=30,
+    )
+    assert finished.returncode == 2, finished
+    assert b"--concurrency" in finished.stderr, finished.stderr
+    assert not (tmp_path / "miner").exists()

@@ -45,6 +45,7 @@ from aitbc.miner.backends.bundled import bundled_model_path
 from aitbc.miner.backends.llamacpp import LlamaCppBackend
 from aitbc.miner.backends.ollama import OllamaBackend
 from aitbc.miner.backends.openai import OpenAIBackend
+from aitbc.miner.backends.remote import REMOTE_TEMPLATE_TOKENS
 from tests.fakes.ollama_server import FakeOllama
 
 MODEL = "smollm2-135m"
@@ -248,6 +249,8 @@ async def openai_backend(llama_server: str) -> AsyncIterator[Backend]:
 
 async def test_openai_start_lists_the_served_model(openai_backend: Backend) -> None:
     assert openai_backend.models() == [MODEL]
+    # It cannot tokenize: the documented constant for every model it serves.
+    assert openai_backend.template_tokens() == {MODEL: REMOTE_TEMPLATE_TOKENS}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -325,6 +328,7 @@ async def ollama_backend(fake_ollama: FakeOllama) -> AsyncIterator[Backend]:
 
 async def test_ollama_start_lists_the_served_model(ollama_backend: Backend) -> None:
     assert ollama_backend.models() == [MODEL]
+    assert ollama_backend.template_tokens() == {MODEL: REMOTE_TEMPLATE_TOKENS}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -505,6 +509,28 @@ async def test_llamacpp_generates(llamacpp_backend: Backend, mode: PromptMode) -
     # on_token is told once per sampled token; an end-of-text token is sampled but
     # not metered, so progress may run one ahead of the metered count.
     assert generation.completion_tokens <= counts[-1] <= generation.completion_tokens + 1
+
+
+# Prompts a template overhead must cover beyond the probes it was measured on.
+BOUND_PROMPTS = ["Say hi.", "Ünïcödé ✓ and a longer sentence, with punctuation!", "数学 " * 20]
+
+
+async def test_llamacpp_template_tokens_bound_what_it_bills(llamacpp_backend: Backend) -> None:
+    """The declared overhead is what llama.cpp's chat template really adds (SmolLM2's
+    adds a system prompt of some 30 tokens), and every billed prompt stays within
+    its UTF-8 bytes plus it, in both modes."""
+    (declared,) = llamacpp_backend.template_tokens().items()
+    model, overhead = declared
+    assert model == MODEL
+    empty_chat = await generate(llamacpp_backend, request("chat", prompt="", max_tokens=1))
+    assert overhead >= empty_chat.prompt_tokens > 10, (overhead, empty_chat)
+    assert overhead <= 256
+    for prompt in BOUND_PROMPTS:
+        for mode in MODES:
+            generation = await generate(
+                llamacpp_backend, request(mode, prompt=prompt, max_tokens=1)
+            )
+            assert generation.prompt_tokens <= len(prompt.encode()) + overhead, (prompt, mode)
 
 
 async def test_llamacpp_seed_makes_it_deterministic(llamacpp_backend: Backend) -> None:

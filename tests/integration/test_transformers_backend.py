@@ -116,3 +116,20 @@ async def test_errors_are_per_row(backend: TransformersBackend) -> None:
             GenerationRequest(model="other-model", prompt="x"), GenerationControl()
         )
     assert caught.value.error_code == "model_not_served" and caught.value.retryable
+
+
+async def test_template_tokens_bound_what_it_bills(backend: TransformersBackend) -> None:
+    """The declared overhead is what the chat template adds (SmolLM2's system prompt
+    and role markers), and every prompt it bills stays within its UTF-8 bytes plus it."""
+    (declared,) = backend.template_tokens().items()
+    model, overhead = declared
+    assert model == MODEL
+    empty_chat = await backend.generate(greedy("", max_tokens=1), GenerationControl())
+    assert overhead >= empty_chat.prompt_tokens > 10, (overhead, empty_chat)
+    assert overhead <= 256
+    for prompt in ["Say hi.", "Ünïcödé ✓ and a longer sentence!", "数学 " * 20]:
+        for mode in ("chat", "completion"):
+            generation = await backend.generate(
+                greedy(prompt, max_tokens=1, mode=mode), GenerationControl()
+            )
+            assert generation.prompt_tokens <= len(prompt.encode()) + overhead, (prompt, mode)

@@ -25,11 +25,25 @@ def _price(text: str) -> Decimal:
     return value
 
 
+def _concurrency(text: str) -> int:
+    from aitbc.schemas import MAX_MINER_CONCURRENCY
+
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from exc
+    if not 1 <= value <= MAX_MINER_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"concurrency must be 1 to {MAX_MINER_CONCURRENCY}")
+    return value
+
+
 def cmd_miner(args: argparse.Namespace) -> int:
-    """Start the daemon; exit 0 after a clean shutdown."""
+    """Start the daemon; exit 0 after a stop by signal, 1 after one of its tasks failed
+    (it has said why in its log and shut down gracefully), 2 when the backend cannot
+    start."""
     from aitbc.miner.backends import create_backend
     from aitbc.miner.backends.base import BackendError
-    from aitbc.miner.daemon import Miner, MinerConfig
+    from aitbc.miner.daemon import DaemonFailed, Miner, MinerConfig
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -60,6 +74,8 @@ def cmd_miner(args: argparse.Namespace) -> int:
     except BackendError as exc:
         print(f"error: {exc.error_code}: {exc}", file=sys.stderr)
         return 2
+    except DaemonFailed:
+        return 1
     return 0
 
 
@@ -98,7 +114,13 @@ def add_parser(commands: Any) -> None:
     )
     miner.add_argument("--miner-id", help="id to register with (default: host name + suffix)")
     miner.add_argument("--price", type=_price, default=Decimal("0"), help="AIT per 1,000 tokens")
-    miner.add_argument("--concurrency", type=int, default=1, help="jobs run at once")
+    miner.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=1,
+        help="jobs run at once, declared at registration: the coordinator lets the miner "
+        "hold no more",
+    )
     miner.add_argument(
         "--threads",
         type=int,

@@ -3,6 +3,12 @@
 Transient trouble (connection errors, timeouts, 5xx, 429) is
 :class:`CoordinatorUnavailable`, retried by :func:`with_backoff` with exponential
 backoff and full jitter; a 4xx answer is :class:`Refused`, final.
+
+One failure is not trouble: a request sent on a kept-alive connection that the
+server closed as idle just before (uvicorn closes them after 5 s, and a miner's
+heartbeat comes every 5 s) fails with ``ReadError('')`` or "server disconnected"
+although the coordinator is healthy. Such a request is sent again at once, quietly,
+on a new connection (:data:`STALE_CONNECTION_ERRORS`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 15.0
+# What a request on a connection the server has closed fails with. The server closes
+# an idle connection without reading what arrives on it, so the request was not
+# taken (a server that died mid-request looks the same; sending once more then meets
+# the same answer a backoff retry would).
+STALE_CONNECTION_ERRORS = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
 
 class CoordinatorUnavailable(Exception):
@@ -77,12 +88,21 @@ class CoordinatorClient:
     """Typed calls to the coordinator on behalf of one miner."""
 
     def __init__(self, base_url: str, *, timeout_seconds: float = 60.0) -> None:
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_seconds)
+        base_url = base_url.rstrip("/")
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout_seconds)
+        # For the one resend after a stale connection: keeps no connection, so each
+        # request on it opens a new one (the pool of ``http`` may hold more stale ones).
+        self.fresh_http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout_seconds,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
         self.api_key: str | None = None
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         await self.http.aclose()
+        await self.fresh_http.aclose()
 
     async def _call(
         self, method: str, path: str, *, read_seconds: float | None = None, **kwargs: Any
@@ -90,9 +110,15 @@ class CoordinatorClient:
         headers = {"X-Api-Key": self.api_key} if self.api_key else {}
         extension: Any = httpx.USE_CLIENT_DEFAULT if read_seconds is None else read_seconds
         try:
-            response = await self.http.request(
-                method, path, headers=headers, timeout=extension, **kwargs
-            )
+            try:
+                response = await self.http.request(
+                    method, path, headers=headers, timeout=extension, **kwargs
+                )
+            except STALE_CONNECTION_ERRORS as exc:
+                log.debug("%s %s: %r; sending it again on a new connection", method, path, exc)
+                response = await self.fresh_http.request(
+                    method, path, headers=headers, timeout=extension, **kwargs
+                )
         except httpx.HTTPError as exc:
             raise CoordinatorUnavailable(f"{method} {path}: {exc!r}") from exc
         if response.status_code == 429 or response.status_code >= 500:
@@ -148,12 +174,26 @@ class CoordinatorClient:
         )
         return bool(response.json()["should_stop"])
 
-    async def fail(self, job_id: str, miner_id: str, error: str, retryable: bool) -> None:
-        """Give the job up."""
+    async def fail(
+        self,
+        job_id: str,
+        miner_id: str,
+        error: str,
+        retryable: bool,
+        *,
+        handed_back: bool = False,
+    ) -> None:
+        """Give the job up; ``handed_back``: unfinished because the miner is stopping,
+        which costs the job none of its attempts."""
         await self._call(
             "POST",
             f"/v1/jobs/{job_id}/fail",
-            json={"miner_id": miner_id, "error": error[:10_000], "retryable": retryable},
+            json={
+                "miner_id": miner_id,
+                "error": error[:10_000],
+                "retryable": retryable,
+                "handed_back": handed_back,
+            },
         )
 
     async def complete(self, job_id: str, completion: dict[str, Any]) -> dict[str, Any]:

@@ -10,9 +10,16 @@ Tasks, all on one event loop:
   (the answer's ``should_stop`` cancels), then keep the result on disk and deliver it;
 - **outbox**: re-send kept results until the coordinator acknowledges them.
 
-Stopping (SIGINT/SIGTERM): no new work is taken, running jobs get
-``grace_seconds`` to finish, the rest are stopped and reported as retryable
-failures, and kept results get one more delivery attempt before exit.
+The three long-lived tasks are named and watched (as procrastinate's worker watches
+its side tasks): the daemon runs until ``stop`` is set or one of them fails, say a
+poll answered 401 because the miner's key was revoked. A failure is logged in one
+line and goes through the same shutdown, then :meth:`Miner.run` raises
+:class:`DaemonFailed` (``aitbc miner`` exits 1).
+
+Stopping: no new work is taken, running jobs get ``grace_seconds`` to finish, the
+rest are stopped and handed back (a failure report with ``handed_back``, which costs
+the job none of its attempts), and kept results get one more delivery attempt before
+exit.
 """
 
 from __future__ import annotations
@@ -47,6 +54,14 @@ log = logging.getLogger(__name__)
 
 # Answers to a completion that no resend can change: drop the kept result.
 FINAL_COMPLETION_STATUSES = frozenset({400, 403, 404, 409, 413, 422})
+# A heartbeat answered with these cannot succeed later: the key is not (or no longer)
+# this miner's. Other refusals of a heartbeat are logged and the next one is sent.
+KEY_REFUSED_STATUSES = frozenset({401, 403})
+
+
+class DaemonFailed(Exception):
+    """One of the daemon's tasks failed (or registration was refused); the daemon
+    has already shut down gracefully and logged why."""
 
 
 @dataclass
@@ -112,8 +127,9 @@ class Miner:
             "gpu_info": self.hardware.gpu_info(),
             "cpu_info": self.hardware.cpu_info(),
             "price": str(self.config.price),
-            "public_key": self.key.public_key_b64,
             "concurrency": self.config.concurrency,
+            "template_tokens": self.backend.template_tokens(),
+            "public_key": self.key.public_key_b64,
         }
 
     async def register(self) -> None:
@@ -145,44 +161,78 @@ class Miner:
     # --- the main loop --------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then shut down gracefully."""
+        """Serve until ``stop`` is set or a task fails, then shut down gracefully;
+        raise :class:`DaemonFailed` after a failure."""
         await self.backend.start()
         try:
-            # Registration retries while the coordinator is away; a stop ends that too.
-            registering = asyncio.create_task(self.register())
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({registering, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if not registering.done():
-                registering.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await registering
-                log.info("stopped before the coordinator could be reached")
+            if not await self._register_unless_stopped(stop):
                 return
-            registering.result()
             self.kept = self.state.kept()
-            heartbeat = asyncio.create_task(self._heartbeat_loop())
-            outbox = asyncio.create_task(self._outbox_loop())
-            poll = asyncio.create_task(self._poll_loop())
-            await stop.wait()
-            log.info("stopping: no new jobs; %d running", len(self.running))
-            self.stopping.set()
-            poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poll
-            await self._drain()
-            outbox.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await outbox
-            await self._deliver_kept(final=True)
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            if self._recovery is not None:
-                self._recovery.cancel()
+            tasks = {
+                "heartbeat": asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                "outbox": asyncio.create_task(self._outbox_loop(), name="outbox"),
+                "poll": asyncio.create_task(self._poll_loop(), name="poll"),
+            }
+            failure = await self._watch(tasks, stop)
+            await self._shutdown(tasks)
+            if failure is not None:
+                raise DaemonFailed(failure)
         finally:
             await self.client.close()
             await self.backend.close()
+
+    async def _register_unless_stopped(self, stop: asyncio.Event) -> bool:
+        """Register (retrying while the coordinator is away); False when ``stop``
+        came first."""
+        registering = asyncio.create_task(self.register(), name="register")
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({registering, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not registering.done():
+            registering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await registering
+            log.info("stopped before the coordinator could be reached")
+            return False
+        try:
+            registering.result()
+        except Refused as exc:
+            log.error("registration refused: %s", exc)
+            raise DaemonFailed(f"registration refused: {exc}") from exc
+        return True
+
+    async def _watch(self, tasks: dict[str, asyncio.Task[None]], stop: asyncio.Event) -> str | None:
+        """Wait for ``stop`` or the first task to end (each runs forever, so ending is
+        failing); None after a stop, else what failed, logged in one line."""
+        stopped = asyncio.create_task(stop.wait())
+        done, _pending = await asyncio.wait(
+            {stopped, *tasks.values()}, return_when=asyncio.FIRST_COMPLETED
+        )
+        stopped.cancel()
+        for name, task in tasks.items():
+            if task not in done:
+                continue
+            error = None if task.cancelled() else task.exception()
+            failure = f"the {name} task failed: {error}" if error else f"the {name} task ended"
+            expected = error is None or isinstance(error, Refused | CoordinatorUnavailable)
+            # A refusal is the coordinator's word and says it all; anything else is a
+            # bug here, whose traceback follows the line.
+            log.error("stopping: %s; %d running", failure, len(self.running), exc_info=not expected)
+            return failure
+        log.info("stopping: no new jobs; %d running", len(self.running))
+        return None
+
+    async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        """Take no more jobs, let running ones finish or hand them back, deliver what
+        is kept, and stop heartbeating last (it renews the leases of running jobs)."""
+        self.stopping.set()
+        await _end(tasks["poll"])
+        await self._drain()
+        await _end(tasks["outbox"])
+        await self._deliver_kept(final=True)
+        await _end(tasks["heartbeat"])
+        if self._recovery is not None:
+            await _end(self._recovery)
 
     async def _drain(self) -> None:
         """Let running jobs finish within the grace period, then stop the rest."""
@@ -238,7 +288,7 @@ class Miner:
             if running.stopped_by_coordinator:
                 log.info("job %s stopped: cancelled or no longer ours", job_id)
             else:
-                await self._fail(job_id, "miner shutting down", retryable=True)
+                await self._fail(job_id, "miner shutting down", retryable=True, handed_back=True)
             return
         except BackendError as exc:
             log.warning("job %s failed: %s (%s)", job_id, exc, exc.error_code)
@@ -309,10 +359,14 @@ class Miner:
                 running.control.cancelled.set()
                 return
 
-    async def _fail(self, job_id: str, error: str, *, retryable: bool) -> None:
+    async def _fail(
+        self, job_id: str, error: str, *, retryable: bool, handed_back: bool = False
+    ) -> None:
         try:
             await with_backoff(
-                lambda: self.client.fail(job_id, self.miner_id, error, retryable),
+                lambda: self.client.fail(
+                    job_id, self.miner_id, error, retryable, handed_back=handed_back
+                ),
                 what=f"reporting {job_id} as failed",
                 # While stopping: one attempt. A lost report costs nothing lasting,
                 # the job's lease lapses and the coordinator requeues it.
@@ -382,7 +436,20 @@ class Miner:
                     if running is not None:
                         running.stopped_by_coordinator = True
                         running.control.cancelled.set()
-            except (CoordinatorUnavailable, Refused) as exc:
+            except Refused as exc:
+                if exc.status in KEY_REFUSED_STATUSES:
+                    raise
+                log.warning("heartbeat refused: %s", exc)
+            except CoordinatorUnavailable as exc:
                 log.warning("heartbeat failed: %s", exc)
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self.config.heartbeat_seconds - elapsed))
+
+
+async def _end(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it, whatever it ended with (a failure of a task
+    being ended was either reported by :meth:`Miner._watch` or no longer matters)."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not report it again

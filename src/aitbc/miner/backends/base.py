@@ -4,6 +4,11 @@ A backend serves a fixed set of model names and runs one generation at a time pe
 call; the daemon calls it from several tasks at once up to its concurrency. It
 reports each produced token through ``on_token`` (for progress) and stops within a
 token or two once ``cancelled`` is set.
+
+It also says, per model, how many prompt tokens its template adds (``template_tokens``):
+the coordinator charges a receipt at most a prompt's UTF-8 bytes plus that many prompt
+tokens, so the figure is measured where the backend can count tokens (see
+:func:`template_overhead`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ class BackendError(Exception):
 
 
 BACKEND_UNREACHABLE = "backend_unreachable"
+
+# The bounds of a declared template overhead (the coordinator refuses more).
+MAX_TEMPLATE_TOKENS = 256
+# The prompts the overhead is measured on: none, one byte, plain words, and multi-byte
+# text. An empty prompt shows the template alone (in chat mode only: a job's prompt is
+# never empty, and in completion mode there would be nothing to continue); the others
+# catch a tokenizer that adds a token at the start of text (a BOS token, a space prefix).
+TEMPLATE_PROBES = ("", "x", "Hello, world", "Grüße aus Köln: 東京 🙂")
 
 
 class GenerationCancelled(Exception):
@@ -63,6 +76,22 @@ class GenerationRequest:
         )
 
 
+def template_overhead(prompt_tokens: Callable[[str, PromptMode], int]) -> int:
+    """The most prompt tokens a model's template adds on top of a prompt's UTF-8 bytes:
+    the maximum over :data:`TEMPLATE_PROBES`, in chat and completion mode, of
+    ``prompt_tokens(prompt, mode) - len(prompt.encode())``, clamped to 0..256.
+
+    ``prompt_tokens`` is the count the backend bills a prompt, the way it bills a job."""
+    modes: tuple[PromptMode, ...] = ("chat", "completion")
+    worst = max(
+        prompt_tokens(prompt, mode) - len(prompt.encode())
+        for prompt in TEMPLATE_PROBES
+        for mode in modes
+        if prompt or mode == "chat"
+    )
+    return min(MAX_TEMPLATE_TOKENS, max(0, worst))
+
+
 @dataclass(frozen=True, slots=True)
 class Generation:
     """A finished generation with the tokens the engine metered."""
@@ -93,6 +122,11 @@ class Backend(Protocol):
 
     async def start(self) -> None:
         """Load models / check the server; raise BackendError if it cannot serve."""
+        ...
+
+    def template_tokens(self) -> dict[str, int]:
+        """Per served model, the most prompt tokens its template adds to a prompt's
+        UTF-8 bytes (0..256; known once started): what the registration declares."""
         ...
 
     async def generate(self, request: GenerationRequest, control: GenerationControl) -> Generation:

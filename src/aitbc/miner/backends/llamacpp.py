@@ -9,6 +9,11 @@ computes). A logits processor, called once per sampled token, counts tokens for
 progress and, once the job is cancelled, leaves only end-of-text possible: the
 engine stops at the next token (an exception raised there would be swallowed by
 the ctypes callback that calls it).
+
+Its template overhead is measured at start on the engine itself: a one-token
+generation per probe prompt and mode reads the prompt tokens llama.cpp bills, the
+same count a job's usage reports, whatever chat format llama-cpp-python picked for the
+model (seven short generations: under a second for the bundled model on one thread).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from aitbc.miner.backends.base import (
     GenerationCancelled,
     GenerationControl,
     GenerationRequest,
+    PromptMode,
+    template_overhead,
 )
 from aitbc.miner.backends.bundled import DEFAULT_MODEL_NAME, bundled_model_path
 
@@ -56,10 +63,15 @@ class LlamaCppBackend:
         # core of its own slows all of them), shared among the concurrent jobs.
         self.threads_per_job = threads_per_job or max(1, cores // 2 // self.concurrency)
         self._idle: asyncio.Queue[Any] = asyncio.Queue()
+        self._template_tokens = 0
 
     def models(self) -> list[str]:
         """The one model name this backend serves."""
         return [self.model_name]
+
+    def template_tokens(self) -> dict[str, int]:
+        """The template overhead measured at start."""
+        return {self.model_name: self._template_tokens}
 
     async def start(self) -> None:
         """Load one context per concurrent job (0.2 s each for the bundled model)."""
@@ -70,6 +82,20 @@ class LlamaCppBackend:
             )
         for _ in range(self.concurrency):
             self._idle.put_nowait(await asyncio.to_thread(self._load, path))
+        llm = await self._idle.get()
+        try:
+            self._template_tokens = await asyncio.to_thread(self._measure_template, llm)
+        finally:
+            self._idle.put_nowait(llm)
+
+    def _measure_template(self, llm: Any) -> int:
+        def prompt_tokens(prompt: str, mode: PromptMode) -> int:
+            probe = GenerationRequest(
+                self.model_name, prompt, mode=mode, max_tokens=1, temperature=0.0
+            )
+            return self._run(llm, probe, GenerationControl()).prompt_tokens
+
+        return template_overhead(prompt_tokens)
 
     def _load(self, path: Path) -> Any:
         try:

@@ -21,6 +21,11 @@ from aitbc.miner.backends.base import (
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 300.0
 HEALTH_TIMEOUT_SECONDS = 5.0
+# The template overhead declared for every model of a server: it tokenizes, the miner
+# cannot, so this is a constant above the usual chat templates (SmolLM2's, with its
+# default system prompt, adds 30 tokens; Llama 3's and Qwen 2.5's about as many). A
+# server-side system prompt longer than that makes the coordinator refuse the count.
+REMOTE_TEMPLATE_TOKENS = 64
 
 
 class RemoteBackend:
@@ -54,6 +59,10 @@ class RemoteBackend:
     def models(self) -> list[str]:
         """The models the server lists (or the one chosen)."""
         return list(self._models)
+
+    def template_tokens(self) -> dict[str, int]:
+        """:data:`REMOTE_TEMPLATE_TOKENS` for every served model."""
+        return dict.fromkeys(self._models, REMOTE_TEMPLATE_TOKENS)
 
     async def start(self) -> None:
         """Read the model list; refuse to start when the chosen model is not served."""

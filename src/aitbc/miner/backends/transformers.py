@@ -13,6 +13,9 @@ job's output does not depend on what it was batched with (greedy decoding gives
 the same text batched or alone). A row that finishes, hits a stop sequence or is
 cancelled stops producing tokens; the batch ends when every row has. Jobs that
 arrive while a batch runs wait for the next one (static batching).
+
+Its template overhead is measured at load with the tokenizer and chat template that
+meter every job (tokenizing only, no generation).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from aitbc.miner.backends.base import (
     GenerationCancelled,
     GenerationControl,
     GenerationRequest,
+    PromptMode,
+    template_overhead,
 )
 from aitbc.miner.backends.bundled import DEFAULT_MODEL_NAME, bundled_model_path
 
@@ -80,6 +85,7 @@ class TransformersBackend:
         self.model: Any = None
         self.tokenizer: Any = None
         self.context_tokens = 0
+        self._template_tokens = 0
         # Figures for tests and benchmarks: batches run and the largest one.
         self.batches_run = 0
         self.largest_batch = 0
@@ -87,6 +93,10 @@ class TransformersBackend:
     def models(self) -> list[str]:
         """The one model name this backend serves."""
         return [self.model_name]
+
+    def template_tokens(self) -> dict[str, int]:
+        """The template overhead measured at load."""
+        return {self.model_name: self._template_tokens}
 
     async def start(self) -> None:
         """Load tokenizer and model (tens of seconds on a CPU), then start batching."""
@@ -125,6 +135,11 @@ class TransformersBackend:
         self.model = model.to(device).eval()
         self.device = device
         self.context_tokens = int(getattr(model.config, "max_position_embeddings", 2048))
+
+        def prompt_tokens(prompt: str, mode: PromptMode) -> int:
+            return len(self._prompt_ids(GenerationRequest(self.model_name, prompt, mode=mode)))
+
+        self._template_tokens = template_overhead(prompt_tokens)
         log.info("transformers: %s on %s (%s)", path.name, device, dtype)
 
     async def generate(self, request: GenerationRequest, control: GenerationControl) -> Generation:
@@ -186,6 +201,7 @@ class TransformersBackend:
     def _run_batch(self, batch: list[_Row]) -> None:
         """Decode ``batch`` together until every row is done (in a worker thread)."""
         import torch
+        from transformers import DynamicCache
 
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, len(batch))
@@ -226,7 +242,9 @@ class TransformersBackend:
         budget = [
             min(row.request.max_tokens, self.context_tokens - len(row.prompt_ids)) for row in live
         ]
-        cache: Any = None
+        # One key/value cache for the whole batch, which every forward pass extends in
+        # place (transformers' Cache API: ``cache=`` in, the same object out).
+        cache = DynamicCache(config=self.model.config)
         step_ids = input_ids
         with torch.inference_mode():
             while not all(row.done for row in live):
@@ -235,10 +253,9 @@ class TransformersBackend:
                     input_ids=step_ids,
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                 )
-                cache = output.past_key_values
                 logits = output.logits[:, -1, :].float()
                 next_ids = []
                 for index, row in enumerate(live):
