@@ -12,6 +12,10 @@
 # Packages only some platforms need (torch's CUDA libraries, say) are absent when the
 # lock is made on a machine that does not install them; they then resolve unpinned.
 set -euo pipefail
+# The same portable llama.cpp build as scripts/install.sh (see there).
+if [ "$(uname -m)" = x86_64 ]; then
+    export CMAKE_ARGS=${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}
+fi
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 work=$(mktemp -d)
