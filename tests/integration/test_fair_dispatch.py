@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from aitbc.services import miners as miner_service
 from tests.conftest import Coordinator
 from tests.integration.helpers import (
     assert_error,
@@ -109,11 +110,19 @@ async def test_a_second_poll_hands_back_the_unclaimed_offer(coordinator: Coordin
     assert coordinator.runtime.dispatcher.strikes("honest") == 0
 
 
+@pytest.mark.parametrize("profile_cache", ["cached", "uncached"])
 async def test_polls_that_never_claim_cannot_starve_an_honest_miner(
-    coordinator: Coordinator,
+    coordinator: Coordinator, profile_cache: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One key holds 40 long polls and never claims; an honest miner must still get
-    every job, promptly (before the fix it got 4 of 40 and 36 stayed pending)."""
+    every job, promptly (before the fix it got 4 of 40 and 36 stayed pending).
+
+    "uncached": every poll reads the miner's profile, as 40 polls do together each
+    time the cache expires; that read once went through an ORM session, which gives
+    SQLite's one connection back a loop turn late, and the queued polls lost it for
+    good (every request then waited 60 s for the pool)."""
+    if profile_cache == "uncached":
+        monkeypatch.setattr(miner_service, "HARDWARE_CACHE_SECONDS", 0.0)
     _client_id, client = await coordinator.new_client()
     greedy = await coordinator.new_miner("greedy", concurrency=1)
     honest = await coordinator.new_miner("honest", concurrency=1)

@@ -17,7 +17,7 @@ from aitbc.services import keys as key_service
 from aitbc.services.auth import add_key, require_miner
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.storage import job_queries, miner_queries
-from aitbc.storage.db import transaction
+from aitbc.storage.db import read, transaction
 from aitbc.storage.models import Miner
 
 # A re-registration through another coordinator (several can share one PostgreSQL
@@ -124,20 +124,20 @@ async def _register(
 async def profile(runtime: Runtime, miner_id: str) -> tuple[MinerHardware, MinerTerms]:
     """What ``miner_id`` serves and its terms, from the cache or the database.
 
-    Polls use this; a claim reads the miner's terms afresh, so a stale cache can
-    offer a job but never decide a price or a limit."""
+    Polls use this; a claim reads the miner's price and concurrency afresh, so a
+    stale cache can offer a job but never decide a price or a limit."""
     now = time.monotonic()
     cached = runtime.hardware_cache.get(miner_id)
     if cached is not None and now - cached[2] < HARDWARE_CACHE_SECONDS:
         return cached[0], cached[1]
-    async with runtime.sessions() as session:
-        miner = await session.get(Miner, miner_id)
-    if miner is None:
+    # A unit of work, not an ORM session: a session gives its connection back in a
+    # task of its own (AsyncSession.__aexit__), so under many concurrent polls the
+    # single SQLite connection would be held across a loop turn while they queue.
+    found = await read(runtime.engine, miner_queries.profile, miner_id)
+    if found is None:
         raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
-    hardware = _hardware_of(miner)
-    terms = MinerTerms.from_columns(miner.price_micro, miner.concurrency, miner.template_tokens)
-    runtime.hardware_cache[miner_id] = (hardware, terms, now)
-    return hardware, terms
+    runtime.hardware_cache[miner_id] = (*found, now)
+    return found
 
 
 async def heartbeat(

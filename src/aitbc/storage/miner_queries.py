@@ -8,7 +8,7 @@ from typing import cast
 
 from sqlalchemy import Connection, Table, bindparam, select, update
 
-from aitbc.domain.jobs import MinerTerms
+from aitbc.domain.jobs import MinerHardware, MinerTerms
 from aitbc.storage.models import Miner
 
 MINERS = cast(Table, Miner.__table__)
@@ -26,6 +26,31 @@ def terms(connection: Connection, miner_id: str) -> MinerTerms | None:
     if row is None:
         return None
     return MinerTerms.from_columns(row.price_micro, row.concurrency, row.template_tokens)
+
+
+_PROFILE = select(
+    MINERS.c.capabilities,
+    MINERS.c.gpu_name,
+    MINERS.c.gpu_memory_gb,
+    MINERS.c.gpu_count,
+    MINERS.c.price_micro,
+    MINERS.c.concurrency,
+    MINERS.c.template_tokens,
+).where(MINERS.c.id == bindparam("miner_id"))
+
+
+def profile(connection: Connection, miner_id: str) -> tuple[MinerHardware, MinerTerms] | None:
+    """What the miner serves and has, and its terms; None if it does not exist."""
+    row = connection.execute(_PROFILE, {"miner_id": miner_id}).first()
+    if row is None:
+        return None
+    hardware = MinerHardware(
+        models=frozenset(row.capabilities),
+        gpu_name=row.gpu_name,
+        gpu_memory_gb=row.gpu_memory_gb,
+        gpu_count=row.gpu_count,
+    )
+    return hardware, MinerTerms.from_columns(row.price_micro, row.concurrency, row.template_tokens)
 
 
 def record_heartbeat(
