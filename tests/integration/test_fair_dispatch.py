@@ -26,7 +26,6 @@ from tests.integration.helpers import (
     get_job,
     ok,
     poll,
-    sweep,
 )
 
 JOBS = 40
@@ -196,4 +195,3 @@ async def test_retryable_failures_still_use_up_attempts(coordinator: Coordinator
         ok(await fail(coordinator, job, "m1", miner, retryable=True))
     failed = await get_job(coordinator, job, client)
     assert failed["status"] == "failed" and failed["attempts"] == 3
-    await sweep(coordinator)

@@ -256,14 +256,13 @@ async def test_a_cancelled_pending_job_is_never_offered(coordinator: Coordinator
 async def test_a_backlog_of_timeouts_is_worked_off_in_batches(
     coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aitbc.services import jobs as job_service
-    from aitbc.services.sweeper import sweep_once
+    from aitbc.services import sweeper
 
-    monkeypatch.setattr(job_service, "SWEEP_BATCH", 2)
+    monkeypatch.setattr(sweeper, "SWEEP_BATCH", 2)
     _client_id, client = await coordinator.new_client()
     submitted = [(await coordinator.submit(client, timeout_seconds=5))["job_id"] for _ in range(5)]
     coordinator.clock.advance(6)
-    swept = [(await sweep_once(coordinator.runtime))["timed_out"] for _ in range(4)]
+    swept = [(await sweeper.sweep_once(coordinator.runtime))["timed_out"] for _ in range(4)]
     assert swept == [2, 2, 1, 0]
     for job_id in submitted:
         job = (await coordinator.http.get(f"/v1/jobs/{job_id}", headers=client)).json()

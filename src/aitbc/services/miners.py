@@ -25,15 +25,6 @@ from aitbc.storage.models import Miner
 HARDWARE_CACHE_SECONDS = 5.0
 
 
-def _hardware_of(miner: Miner) -> MinerHardware:
-    return MinerHardware(
-        models=frozenset(miner.capabilities),
-        gpu_name=miner.gpu_name,
-        gpu_memory_gb=miner.gpu_memory_gb,
-        gpu_count=miner.gpu_count,
-    )
-
-
 async def register(
     runtime: Runtime, principal: Principal | None, registration: MinerRegistration
 ) -> MinerCredentials | None:

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import Connection, Row
 
 from aitbc.errors import NotFound
+from aitbc.services._job_steps import load_visible_job
 from aitbc.services.auth import require_role
-from aitbc.services.jobs import load_visible_job
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.storage import receipt_queries
 from aitbc.storage.db import read

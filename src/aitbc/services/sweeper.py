@@ -6,15 +6,81 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aitbc.services import files, jobs, miners
+from sqlalchemy import Connection
+
+from aitbc.domain.jobs import JobStatus, status_after_lost_attempt
+from aitbc.services import files, miners
+from aitbc.services._job_steps import (
+    LEASE_LAPSED_ERROR_CODE,
+    lost_attempt_values,
+    offer_of,
+    timeout_values,
+)
 from aitbc.services.runtime import Runtime
+from aitbc.storage import job_queries
+from aitbc.storage.db import transaction
+from aitbc.storage.job_queries import JobRecord
 
 log = logging.getLogger(__name__)
+# Jobs one sweep changes at most: a sweep is one transaction, and on SQLite it runs
+# on the event loop, so a huge backlog is worked off over several sweeps instead.
+SWEEP_BATCH = 500
+
+
+async def sweep_jobs(runtime: Runtime) -> dict[str, int]:
+    """Fail timed-out jobs and requeue (or fail) jobs whose lease lapsed.
+
+    Runs in the background every ``sweep_interval_seconds``; each change is a
+    conditional update, so a miner completing at the same moment cannot be overwritten.
+    """
+    now = runtime.clock()
+    max_attempts = runtime.settings.max_attempts
+
+    def work(connection: Connection) -> tuple[list[str], list[JobRecord], int]:
+        timed_out: list[str] = []
+        requeued: list[JobRecord] = []
+        failed = 0
+        for row in job_queries.overdue(connection, now, SWEEP_BATCH):
+            values = timeout_values(row, now)
+            if job_queries.transition(connection, row.id, JobStatus(row.status), values):
+                timed_out.append(row.id)
+        for row in job_queries.lapsed(connection, now, SWEEP_BATCH):
+            target = status_after_lost_attempt(row.attempts, max_attempts)
+            error = (
+                f"miner {row.miner_id} stopped renewing its lease"
+                if target is JobStatus.PENDING
+                else f"lease lapsed on all {row.attempts} attempts"
+            )
+            values = lost_attempt_values(target, now, error, LEASE_LAPSED_ERROR_CODE)
+            # Only if the lease is still lapsed and held by the same attempt: a
+            # heartbeat or progress report may have renewed it since it was read.
+            updated = job_queries.transition(
+                connection,
+                row.id,
+                JobStatus.RUNNING,
+                values,
+                attempt=(row.miner_id, row.attempts),
+                lease_lapsed_by=now,
+            )
+            if updated is None:
+                continue
+            if target is JobStatus.PENDING:
+                requeued.append(updated)
+            else:
+                failed += 1
+        return timed_out, requeued, failed
+
+    timed_out, requeued, failed = await transaction(runtime.engine, work)
+    for job_id in timed_out:
+        runtime.dispatcher.release(job_id)
+    for row in requeued:
+        runtime.dispatcher.publish(offer_of(row))
+    return {"timed_out": len(timed_out), "requeued": len(requeued), "failed": failed}
 
 
 async def sweep_once(runtime: Runtime) -> dict[str, int]:
     """One pass: what changed, by kind."""
-    counts = await jobs.sweep(runtime)
+    counts = await sweep_jobs(runtime)
     counts["miners_offline"] = await miners.mark_offline(runtime)
     counts["files_expired"] = await files.delete_expired(runtime)
     return counts

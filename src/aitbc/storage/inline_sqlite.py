@@ -97,6 +97,19 @@ async def _retry_statement(error: sqlite3.OperationalError, backoff: Backoff | N
     return backoff
 
 
+async def _waiting_for_locks(run: Callable[[], object]) -> None:
+    """Call ``run`` (one statement) until it no longer finds the database locked, or
+    :func:`_retry_statement` gives up."""
+    backoff: Backoff | None = None
+    while True:
+        try:
+            run()
+        except sqlite3.OperationalError as exc:
+            backoff = await _retry_statement(exc, backoff)
+        else:
+            return
+
+
 class _InlineQueue:
     """Stands in for aiosqlite's work queue: runs each function at once."""
 
@@ -152,29 +165,17 @@ class InlineCursor:
     async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> InlineCursor:
         """Run one statement (waiting asynchronously while another process holds a
         lock, unless the caller retries the whole unit)."""
-        backoff: Backoff | None = None
-        while True:
-            try:
-                if parameters is None:
-                    self._cursor.execute(sql)
-                else:
-                    self._cursor.execute(sql, parameters)
-            except sqlite3.OperationalError as exc:
-                backoff = await _retry_statement(exc, backoff)
-            else:
-                return self
+        if parameters is None:
+            await _waiting_for_locks(lambda: self._cursor.execute(sql))
+        else:
+            await _waiting_for_locks(lambda: self._cursor.execute(sql, parameters))
+        return self
 
     async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> InlineCursor:
         """Run one statement for each parameter set (lock waits as in :meth:`execute`)."""
         rows = list(parameters)  # re-iterable, for a retry
-        backoff: Backoff | None = None
-        while True:
-            try:
-                self._cursor.executemany(sql, rows)
-            except sqlite3.OperationalError as exc:
-                backoff = await _retry_statement(exc, backoff)
-            else:
-                return self
+        await _waiting_for_locks(lambda: self._cursor.executemany(sql, rows))
+        return self
 
     async def fetchone(self) -> Any:
         """Next row."""

@@ -81,16 +81,15 @@ def dispatch_filter(hardware: MinerHardware) -> ColumnElement[bool]:
 # The polling miner's posted price, µAIT per 1,000 units.
 _PRICE = bindparam("price", type_=BigInteger())
 _HELD = JOBS.alias("held")
-# The polling or claiming miner's running jobs, counted over an alias: the claim
+# The running jobs of the miner bound as ``miner``, counted over an alias: the claim
 # updates the same table, and an unaliased subquery would be correlated with the row
-# being claimed (the poll's reads the same rows as its outer query).
-_HELD_BY_POLLER = (
+# being claimed.
+_HELD_BY_MINER = (
     select(func.count())
     .select_from(_HELD)
     .where(_HELD.c.status == literal_column("'running'"), _HELD.c.miner_id == bindparam("miner"))
     .scalar_subquery()
 )
-_HELD_BY_CLAIMER = _HELD_BY_POLLER
 # The claimer's terms as they are when it claims (its row, in the claim's statement).
 _CLAIMER_PRICE = (
     select(MINERS.c.price_micro).where(MINERS.c.id == bindparam("claimer")).scalar_subquery()
@@ -100,17 +99,17 @@ _CLAIMER_CONCURRENCY = (
 )
 
 
-def price_filter() -> ColumnElement[bool]:
-    """SQL condition: the job accepts the price bound as ``price`` (mirrors
+def price_filter(price: ColumnElement[Any]) -> ColumnElement[bool]:
+    """SQL condition: the job accepts ``price`` (µAIT per 1,000 units; mirrors
     ``domain.jobs.within_price``)."""
-    return or_(C.max_price_micro.is_(None), C.max_price_micro >= _PRICE)
+    return or_(C.max_price_micro.is_(None), C.max_price_micro >= price)
 
 
 @lru_cache(maxsize=HARDWARE_CACHE_SIZE)
 def next_jobs_statement(hardware: MinerHardware) -> Select[Any]:
     return (
-        select(JOBS, _HELD_BY_POLLER.label("poller_running"))
-        .where(dispatch_filter(hardware), price_filter())
+        select(JOBS, _HELD_BY_MINER.label("poller_running"))
+        .where(dispatch_filter(hardware), price_filter(_PRICE))
         .order_by(C.priority.desc(), C.created_at, C.id)
         .limit(bindparam("limit"))
     )
@@ -129,12 +128,9 @@ def next_jobs(
 
 
 def running_count_statement() -> Select[Any]:
-    """How many jobs the miner bound as ``miner`` runs now."""
-    return (
-        select(func.count())
-        .select_from(JOBS)
-        .where(status_is(JobStatus.RUNNING), C.miner_id == bindparam("miner"))
-    )
+    """How many jobs the miner bound as ``miner`` runs now (when no pending row
+    carries the count)."""
+    return select(_HELD_BY_MINER)
 
 
 _RUNNING_COUNT = running_count_statement()
@@ -153,10 +149,10 @@ def _claim_statement(hardware: MinerHardware) -> Update:
             C.id == bindparam("job_id"),
             dispatch_filter(hardware),
             # The price the claimer posts now is one the client accepts...
-            or_(C.max_price_micro.is_(None), C.max_price_micro >= _CLAIMER_PRICE),
+            price_filter(_CLAIMER_PRICE),
             C.deadline_at > bindparam("now"),
             # ...and it holds fewer jobs than it declared it runs at once.
-            _CLAIMER_CONCURRENCY > _HELD_BY_CLAIMER,
+            _CLAIMER_CONCURRENCY > _HELD_BY_MINER,
         )
         .values(
             status=JobStatus.RUNNING.value,

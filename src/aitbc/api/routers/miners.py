@@ -26,7 +26,7 @@ from aitbc.schemas import (
     ProgressReport,
     Receipt,
 )
-from aitbc.services import jobs, miners
+from aitbc.services import completion, miners, work
 
 router = APIRouter(tags=["Miners"])
 
@@ -77,10 +77,10 @@ async def available_job(
     """The next job this miner can run (priority, then age), or null after ``wait`` s."""
     # Under load a job is usually ready: answer straight away, without the
     # bookkeeping a long poll needs.
-    ready = await jobs.next_for_miner(runtime, principal, miner_id, 0)
+    ready = await work.next_for_miner(runtime, principal, miner_id, 0)
     if ready is not None or wait <= 0:
         return JSONDocument(ready)
-    poll = asyncio.ensure_future(jobs.next_for_miner(runtime, principal, miner_id, wait))
+    poll = asyncio.ensure_future(work.next_for_miner(runtime, principal, miner_id, wait))
     # A miner that hangs up mid-poll must not be handed a job nobody will read:
     # cancelling the poll withdraws it from the dispatcher (and releases any offer).
     hung_up = asyncio.ensure_future(_disconnected(request))
@@ -107,7 +107,7 @@ async def claim_job(
     runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId, body: ClaimRequest
 ) -> JSONDocument:
     """Take a pending job with a lease; 409 if another miner got it first."""
-    return JSONDocument(await jobs.claim(runtime, principal, job_id, body.miner_id))
+    return JSONDocument(await work.claim(runtime, principal, job_id, body.miner_id))
 
 
 @router.post("/v1/jobs/{job_id}/progress", response_model=ProgressAck)
@@ -115,7 +115,7 @@ async def report_progress(
     runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId, body: ProgressReport
 ) -> ProgressAck:
     """Progress 0-100; renews the lease; ``should_stop`` once the job was cancelled."""
-    return await jobs.report_progress(runtime, principal, job_id, body)
+    return await work.report_progress(runtime, principal, job_id, body)
 
 
 @router.post("/v1/jobs/{job_id}/fail", response_model=Job)
@@ -123,7 +123,7 @@ async def report_failure(
     runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId, body: FailureReport
 ) -> JSONDocument:
     """Give up on a job; retryable failures put it back in the queue while attempts remain."""
-    return JSONDocument(await jobs.report_failure(runtime, principal, job_id, body))
+    return JSONDocument(await work.report_failure(runtime, principal, job_id, body))
 
 
 @router.post("/v1/jobs/{job_id}/complete", response_model=Receipt)
@@ -135,4 +135,4 @@ async def complete_job(
     The same result sent again returns the same receipt. A miner that registered a
     public key must sign ``{job_id, provider, result_hash, units, unit_type}``.
     """
-    return receipt_response(await jobs.complete(runtime, principal, job_id, body))
+    return receipt_response(await completion.complete(runtime, principal, job_id, body))
