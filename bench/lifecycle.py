@@ -114,6 +114,9 @@ def start_server(port: int, data_dir: Path, database_url: str | None) -> subproc
         "AITBC_RATE_LIMIT": "10000000/minute",
         "AITBC_MINER_RATE_LIMIT": "10000000/minute",
         "AITBC_LOG_LEVEL": "warning",
+        # Every job holds its most cost in escrow: fund the one client for them all
+        # (a coordinator from before payments ignores the setting).
+        "AITBC_CLIENT_GRANT": "1000000",
     }
     command = [
         sys.executable,

@@ -107,6 +107,8 @@ def make_settings(tmp_path: Path, backend: str, **overrides: Any) -> Settings:
         "admin_key": ADMIN_KEY,
         "rate_limit": "",
         "miner_rate_limit": "",
+        # Enough for the dearest jobs tests submit; tests of payment set their own.
+        "client_grant": 1_000_000,
         "database_url": to_async_url(PG_URL) if backend == "postgresql" and PG_URL else None,
     }
     values.update(overrides)

@@ -65,6 +65,18 @@ class InvalidTransition(Conflict):
     error_code = "invalid_transition"
 
 
+class InsufficientFunds(AITBCError):
+    """A payment or hold that is more than the payer's balance (HTTP 402)."""
+
+    error_code = "insufficient_funds"
+
+
+class NonceReused(Conflict):
+    """A transfer whose nonce its sender used before: a replay."""
+
+    error_code = "nonce_reused"
+
+
 class PayloadTooLarge(AITBCError):
     """A request body, upload or prompt over the configured size limit."""
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from aitbc.domain.jobs import JobStatus, Priority
+from aitbc.domain.jobs import MAX_TEMPLATE_TOKENS, JobStatus, Priority
 
 MINER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 FILE_ID_PATTERN = re.compile(r"^file_[0-9a-f]{32}$")
@@ -22,7 +22,6 @@ MAX_MAX_TOKENS = 32_768
 # The most jobs one miner may declare it runs at once.
 MAX_MINER_CONCURRENCY = 1024
 # The most prompt tokens a miner may declare its chat template adds around a prompt.
-MAX_TEMPLATE_TOKENS = 256
 # A price (AIT per 1,000 units) above the whole supply can never be paid.
 MAX_PRICE_AIT = 10**9
 
@@ -172,8 +171,17 @@ class Job(BaseModel):
     estimated_time_seconds: float | None = Field(
         description="seconds; null while the model has no completed jobs to learn from"
     )
+    estimate_note: str | None = Field(
+        default=None,
+        description="why estimated_cost is null: no online miner could take the job "
+        "when it was submitted (none serves its model, or none within its max_price)",
+    )
     max_price: float | None = Field(
         default=None, description="AIT per 1,000 units the client accepts at most"
+    )
+    held: float = Field(
+        default=0.0,
+        description="AIT in escrow for the job while it is unfinished (the most it can cost)",
     )
     created_at: datetime
     started_at: datetime | None
@@ -337,7 +345,7 @@ def parse_memory_gb(value: float | str) -> float:
     return gb
 
 
-RESERVED_MINER_IDS = frozenset({"coordinator"})
+RESERVED_MINER_IDS = frozenset({"coordinator", "treasury", "escrow"})
 
 
 class MinerRegistration(StrictRequest):
@@ -348,7 +356,9 @@ class MinerRegistration(StrictRequest):
     def _not_reserved(cls, value: str) -> str:
         # "coordinator" owns the receipt-signing keys: a miner by that name could pass
         # its own key off as the coordinator's in GET /v1/keys.
-        if value.lower() in RESERVED_MINER_IDS:
+        # A miner id is also a ledger address (DESIGN.md 3): never a client's or a
+        # system account's.
+        if value.lower() in RESERVED_MINER_IDS or value.lower().startswith("client_"):
             raise ValueError(f"miner id {value!r} is reserved")
         return value
 
@@ -536,3 +546,224 @@ class ErrorBody(BaseModel):
     detail: str
     error_code: str
     errors: list[dict[str, Any]] | None = None
+
+
+# --- money (DESIGN.md section 6) -------------------------------------------------------
+
+Amount = Annotated[
+    Decimal,
+    Field(gt=0, le=10**9, decimal_places=6, description="AIT, at most 6 decimals"),
+]
+# A ledger address: a client id, a miner id, "treasury" or "escrow".
+ADDRESS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+class AccountBalance(BaseModel):
+    """``GET /v1/accounts/me``: the caller's balance and what it has in escrow (AIT)."""
+
+    address: str
+    balance: float
+    held: float = Field(description="AIT in escrow for the caller's unfinished jobs")
+
+
+class AccountPublic(BaseModel):
+    """``GET /v1/accounts/{address}``: an account's public balance (AIT)."""
+
+    address: str
+    balance: float
+
+
+class TransferRequest(StrictRequest):
+    """``POST /v1/transfers``: move AIT to another account.
+
+    ``nonce`` is any integer the sender has not used before (a replay is 409). A sender
+    that registered a key signs the transaction it describes (DESIGN.md section 3):
+    ``{"type": "transfer", "from", "to", "amount", "fee": 0, "ref": null,
+    "timestamp", "nonce"}``, so a signed transfer also names its ``timestamp``.
+    """
+
+    to: str = Field(pattern=ADDRESS_PATTERN)
+    amount: Amount
+    nonce: int = Field(ge=0, le=2**53 - 1)
+    timestamp: int | None = Field(
+        default=None, ge=0, le=2**53 - 1, description="Unix seconds; default: now"
+    )
+    signature: Signature | None = None
+
+
+class MintRequest(StrictRequest):
+    """``POST /v1/admin/mint``: create AIT for an account (admin only)."""
+
+    address: str = Field(pattern=ADDRESS_PATTERN)
+    amount: Amount
+
+
+class AccountKeyRequest(StrictRequest):
+    """``POST /v1/accounts/me/keys``: an Ed25519 public key that signs the account's
+    transfers from now on (it replaces the previous one)."""
+
+    public_key: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{43}$", description="base64url of the raw 32 bytes, no padding"
+    )
+
+
+class Transaction(BaseModel):
+    """A ledger transaction exactly as hashed (DESIGN.md section 3)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str
+    type: str
+    from_: str | None = Field(alias="from")
+    to: str | None
+    amount: float
+    fee: float
+    ref: str | None
+    timestamp: int
+
+
+# --- explorer (DESIGN.md section 6) -----------------------------------------------------
+# What the public explorer serves. Routes build these bodies as JSON text around the
+# stored canonical documents (a header, a transaction, a signed receipt), which are
+# served byte for byte as they were hashed or signed; the models document the shapes.
+
+
+class BlockHeader(BaseModel):
+    """A block header exactly as hashed and signed (DESIGN.md section 3)."""
+
+    height: int
+    prev_hash: str
+    timestamp: int = Field(description="Unix seconds")
+    tx_root: str
+    state_root: str
+    tx_count: int
+    sealer: str = Field(description="key_id of the coordinator key that signed it")
+
+
+class Block(BaseModel):
+    """A sealed block: ``hash`` is the SHA-256 of the header's canonical bytes and
+    ``signature`` the sealer's over the same bytes."""
+
+    height: int
+    hash: str
+    timestamp: datetime
+    transactions: int = Field(description="how many transactions the block holds")
+    header: BlockHeader
+    signature: Signature
+
+
+class BlockDetail(Block):
+    """One block with the ids of its transactions, in block order."""
+
+    tx_ids: list[str]
+
+
+class TransactionRecord(BaseModel):
+    """A transaction exactly as hashed, and where it is in the chain (both null while
+    it is pending)."""
+
+    transaction: Transaction
+    block_height: int | None
+    position: int | None = Field(description="its index in the block (the proof's leaf)")
+
+
+class InclusionProof(BaseModel):
+    """RFC 9162 inclusion proof of a transaction in its block (DESIGN.md section 3)."""
+
+    tx_id: str
+    block_height: int
+    block_hash: str
+    leaf_index: int
+    tree_size: int
+    audit_path: list[str]
+    tx_root: str
+
+
+class ReceiptProof(BaseModel):
+    """A signed receipt (as stored) and the inclusion proof of its receipt transaction."""
+
+    receipt: Receipt
+    proof: InclusionProof
+
+
+class SignedBlockHeader(BaseModel):
+    """A block header and the sealer's signature over it."""
+
+    header: BlockHeader
+    signature: Signature
+
+
+class ReceiptBundle(BaseModel):
+    """Everything needed to check a receipt offline against pinned coordinator keys:
+    the receipt's signature; its receipt transaction, exactly as hashed, whose id is
+    the proof's ``tx_id`` and whose ``ref`` is the SHA-256 of the receipt's canonical
+    bytes; the proof of that transaction to the block's ``tx_root``; and the block
+    header's hash (the proof's ``block_hash``) and signature."""
+
+    receipt: Receipt
+    transaction: Transaction
+    proof: InclusionProof
+    block: SignedBlockHeader
+
+
+class ReceiptSummary(BaseModel):
+    """A receipt's public facts (never a prompt or a result), where it is anchored, and
+    ``receipt_hash``, the SHA-256 of the signed receipt's canonical bytes (its receipt
+    transaction's ``ref``)."""
+
+    receipt_id: str
+    job_id: str
+    client: str
+    provider: str
+    model: str
+    units: int
+    unit_type: str
+    price: float
+    unit_price: float
+    started_at: int = Field(description="Unix seconds")
+    completed_at: int = Field(description="Unix seconds")
+    input_hash: str
+    result_hash: str
+    receipt_hash: str
+    tx_id: str | None = Field(description="its receipt transaction")
+    block_height: int | None = Field(description="null while its transaction is pending")
+
+
+class NetworkStats(BaseModel):
+    """The seed's network figures, plus money and ledger totals (AIT)."""
+
+    total_jobs: int
+    active_miners: int = Field(description="miners taking work, heard from recently")
+    total_receipts: int
+    block_height: int = Field(description="the height of the last sealed block")
+    total_supply: float = Field(description="AIT: every mint")
+    total_fees: float = Field(description="AIT: every fee paid to treasury")
+    total_miners: int
+    total_transactions: int = Field(description="sealed and pending")
+    pending_transactions: int
+
+
+class PublicJob(BaseModel):
+    """A job's public facts: no prompt, parameters, result or error text."""
+
+    job_id: str
+    status: JobStatus
+    model: str
+    client_id: str
+    miner_id: str | None
+    priority: Priority
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    usage: Usage | None
+
+
+class AddressDetail(BaseModel):
+    """An address's balance and its recent activity, newest first."""
+
+    address: str
+    balance: float
+    transaction_count: int = Field(description="transactions it is from or to")
+    transactions: list[TransactionRecord]
+    jobs: list[PublicJob]
+    receipts: list[ReceiptSummary]

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     default_model: str = "smollm2-135m"
     # AIT per 1,000 units a job accepts when its request names no max_price.
     default_max_price: Decimal = Field(default=Decimal(1), ge=0, decimal_places=6)
+    # AIT minted for every new client at registration (0 turns the grant off).
+    client_grant: Decimal = Field(default=Decimal(100), ge=0, decimal_places=6)
+    # The treasury's share of each job's price, in basis points (500 = 5 %).
+    fee_basis_points: int = Field(default=500, ge=0, le=10_000)
+    # The sealer puts pending transactions into a signed block this often.
+    block_interval_seconds: float = Field(default=2.0, gt=0)
+    # Seal a block even when no transaction is pending (a heartbeat for followers).
+    seal_empty_blocks: bool = False
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     sweep_interval_seconds: float = Field(default=1.0, gt=0)

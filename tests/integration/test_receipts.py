@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import rfc8785
+from sqlalchemy import text
 
 from aitbc.api import create_app
 from aitbc.domain.receipts import miner_statement, sign_miner_statement, text_hash, verify_receipt
@@ -779,10 +780,27 @@ async def test_receipt_price_beyond_total_supply_is_never_signed(
     coordinator: Coordinator,
 ) -> None:
     _client_id, client = await coordinator.new_client()
-    # The highest price registration accepts (total supply per 1,000 tokens), and the
-    # most tokens a completion may report: the price would be ~10^4 x total supply.
+    # A job that could cost more than the whole supply cannot even be held for.
+    response = await coordinator.http.post(
+        "/v1/jobs",
+        json={"prompt": "Say hello", "params": {"max_tokens": 32_768}, "max_price": 1_000_000_000},
+        headers=client,
+    )
+    assert_error(response, 402, "insufficient_funds")
+    # A job from before prices were bound and paid for (no max_price, no hold) could
+    # still be claimed at any price: the highest registration accepts (total supply
+    # per 1,000 tokens), with the most tokens a completion may report.
     miner = await coordinator.new_miner("m1", price=1_000_000_000)
-    job = await coordinator.submit(client, params={"max_tokens": 32_768}, max_price=1_000_000_000)
+    job = await coordinator.submit(client, params={"max_tokens": 32_768}, max_price=0)
+
+    def make_legacy(connection: Any) -> None:
+        connection.execute(
+            text("UPDATE jobs SET max_price_micro = NULL, held_micro = NULL WHERE id = :id"),
+            {"id": job["job_id"]},
+        )
+
+    async with coordinator.runtime.engine.begin() as connection:
+        await connection.run_sync(make_legacy)
     await claim_ok(coordinator, job["job_id"], "m1", miner)
     long_result = "x" * 32_768
     # More prompt tokens than the prompt can hold is refused outright...

@@ -13,9 +13,20 @@ from aitbc import __version__
 from aitbc.api.errors import install_error_handlers
 from aitbc.api.middleware import AuthRateLimitMiddleware, BodyLimitsMiddleware
 from aitbc.api.rate_limits import build_rate_limiter
-from aitbc.api.routers import admin, auth, clients, files, jobs, miners, receipts, system
+from aitbc.api.routers import (
+    accounts,
+    admin,
+    auth,
+    clients,
+    explorer,
+    files,
+    jobs,
+    miners,
+    receipts,
+    system,
+)
 from aitbc.schemas import ErrorBody
-from aitbc.services import keys, sweeper
+from aitbc.services import keys, ledger, sweeper
 from aitbc.services.auth import ensure_admin_key
 from aitbc.services.runtime import Clock, Runtime, utc_now
 from aitbc.settings import Settings
@@ -57,12 +68,14 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
             await runtime.engine.dispose()
             raise
         log.info("signing receipts with key %s", runtime.signing_key().key_id)
+        await ledger.ensure_genesis(runtime)
         await rate_limiter.start()
         tasks = (
             [
                 asyncio.create_task(sweeper.run_forever(runtime)),
                 # Follow a signing-key rotation made by another coordinator.
                 asyncio.create_task(keys.follow_forever(runtime)),
+                asyncio.create_task(ledger.run_forever(runtime)),
             ]
             if run_sweeper
             else []
@@ -91,7 +104,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
     app.state.runtime = runtime
     app.state.rate_limiter = rate_limiter
     install_error_handlers(app)
-    for router in (system, clients, auth, miners, jobs, receipts, files, admin):
+    for router in (system, clients, auth, miners, jobs, receipts, files, admin, accounts, explorer):
         app.include_router(router.router)
     app.add_middleware(AuthRateLimitMiddleware, runtime=runtime, limiter=rate_limiter)
     app.add_middleware(

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: dict[type[errors.AITBCError], int] = {
     errors.InvalidRequest: 400,
     errors.AuthenticationRequired: 401,
+    errors.InsufficientFunds: 402,
     errors.PermissionDenied: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
@@ -30,6 +31,7 @@ STATUS_BY_ERROR: dict[type[errors.AITBCError], int] = {
 CODE_BY_STATUS = {
     400: "bad_request",
     401: "unauthorized",
+    402: "insufficient_funds",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",

@@ -142,6 +142,9 @@ def within_price(max_price_micro: int | None, price_micro: int) -> bool:
 # Prompt tokens allowed for the chat template of a miner that declared none for the
 # model it claims with (a declaration, up to MAX_TEMPLATE_TOKENS, replaces this).
 DEFAULT_TEMPLATE_TOKENS = 64
+# The most prompt tokens a miner may declare its chat template adds (and so what a
+# job's hold assumes before any miner has claimed it).
+MAX_TEMPLATE_TOKENS = 256
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,9 @@ from typing import Any
 from sqlalchemy import Connection
 
 from aitbc.domain.jobs import JobStatus, Requirements
+from aitbc.domain.timestamps import unix_seconds
 from aitbc.errors import Conflict, NotFound
+from aitbc.services import payment
 from aitbc.services.dispatch import Offer
 from aitbc.services.runtime import Principal
 from aitbc.services.views import JobDocument, job_document
@@ -21,6 +23,7 @@ from aitbc.storage.job_queries import JobRecord
 TIMEOUT_ERROR_CODE = "timeout"
 LEASE_LAPSED_ERROR_CODE = "lease_expired"
 HANDED_BACK_ERROR_CODE = "handed_back"
+_UNPAID_ENDS = frozenset({JobStatus.FAILED.value, JobStatus.CANCELLED.value})
 
 
 def requirements_of(row: JobRecord) -> Requirements:
@@ -68,11 +71,23 @@ def transition(
     values: Mapping[str, Any],
     attempt: tuple[str | None, int] | None = None,
 ) -> JobRecord:
-    """Apply ``values`` only if the job is still in ``expected`` state (else 409)."""
+    """Apply ``values`` only if the job is still in ``expected`` state (else 409);
+    a job that ends without a result gets its hold back in the same transaction."""
     row = job_queries.transition(connection, job_id, expected, values, attempt=attempt)
     if row is None:
         raise Conflict("the job changed state meanwhile; try again", error_code="job_changed")
+    refund_if_ended(connection, row)
     return row
+
+
+def refund_if_ended(connection: Connection, row: JobRecord) -> None:
+    """Refund the whole hold of a job that a transition just ended without a result
+    (cancelled or failed). Only the transition that ended the job matched, so this
+    runs once per job."""
+    if row.status in _UNPAID_ENDS and row.held_micro:
+        payment.refund_job(
+            connection, row.client_id, row.id, row.held_micro, unix_seconds(row.completed_at)
+        )
 
 
 def held_job(connection: Connection, job_id: str, miner_id: str) -> JobRecord:

@@ -31,12 +31,15 @@ import logging
 import os
 import secrets
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aitbc.domain.money import to_micro
+from aitbc.domain.timestamps import unix_seconds
 from aitbc.errors import (
     AuthenticationRequired,
     Conflict,
@@ -45,8 +48,9 @@ from aitbc.errors import (
     PermissionDenied,
 )
 from aitbc.schemas import ApiKeyCreated, ApiKeyInfo, ApiKeyList, ClientCredentials
+from aitbc.services import payment
 from aitbc.services.runtime import Principal, Runtime
-from aitbc.storage import api_key_queries
+from aitbc.storage import api_key_queries, ledger_queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.models import ApiKey, Client
 
@@ -159,10 +163,26 @@ def require_miner(principal: Principal, miner_id: str) -> None:
 async def register_client(runtime: Runtime, name: str | None) -> ClientCredentials:
     """Create a client account and its first key."""
     client_id = runtime.new_id("client")
+    now = runtime.clock()
+    grant_micro = to_micro(runtime.settings.client_grant)
     async with runtime.sessions.begin() as session:
-        session.add(Client(id=client_id, name=name, created_at=runtime.clock()))
+        session.add(Client(id=client_id, name=name, created_at=now))
         secret = add_key(session, runtime, "client", client_id)
+        await session.flush()
+        await session.run_sync(
+            lambda sync: _open_client_account(sync.connection(), client_id, grant_micro, now)
+        )
     return ClientCredentials(client_id=client_id, api_key=secret)
+
+
+def _open_client_account(
+    connection: Connection, client_id: str, grant_micro: int, now: datetime
+) -> None:
+    """A new client's account, with the starting grant minted to it (when on)."""
+    ledger_queries.create_accounts(connection, [client_id])
+    if grant_micro:
+        # The grant's ref names it: one per client.
+        payment.mint(connection, client_id, grant_micro, unix_seconds(now), f"grant:{client_id}")
 
 
 # --- listing, creating and revoking keys ---------------------------------------------

@@ -3,13 +3,11 @@ all in one transaction (re-sending the same result returns the same receipt)."""
 
 from __future__ import annotations
 
-import math
-from datetime import datetime
-
 from sqlalchemy import Connection
 
 from aitbc.domain.jobs import JobStatus, is_terminal
 from aitbc.domain.money import MAX_SUPPLY_MICRO
+from aitbc.domain.payment import settle
 from aitbc.domain.receipts import (
     ReceiptTerms,
     miner_statement,
@@ -18,10 +16,12 @@ from aitbc.domain.receipts import (
     text_hash,
     verify_miner_signature,
 )
+from aitbc.domain.timestamps import unix_seconds
 from aitbc.domain.usage import check_usage
 from aitbc.errors import Conflict, ValidationFailed, VerificationFailed
 from aitbc.schemas import JobResult
 from aitbc.services import keys as key_service
+from aitbc.services import payment
 from aitbc.services._job_steps import held_job, timeout_values, transition
 from aitbc.services.auth import require_miner
 from aitbc.services.runtime import Principal, Runtime
@@ -84,10 +84,6 @@ def _charged_unit_price(row: JobRecord) -> int:
     if row.max_price_micro is not None:
         unit_price = min(unit_price, int(row.max_price_micro))
     return unit_price
-
-
-def _unix(moment: datetime) -> int:
-    return math.floor(moment.timestamp())
 
 
 async def complete(
@@ -158,8 +154,8 @@ async def complete(
                 completion_tokens=completion_tokens,
                 unit_price_micro=_charged_unit_price(row),
                 # A wall clock stepped back must not date the start after the end.
-                started_at=min(_unix(row.started_at or now), _unix(now)),
-                completed_at=_unix(now),
+                started_at=min(unix_seconds(row.started_at or now), unix_seconds(now)),
+                completed_at=unix_seconds(now),
                 input_hash=text_hash(row.prompt),
                 result_hash=digest,
                 miner_signature=miner_signature,
@@ -181,6 +177,22 @@ async def complete(
                 key_id=signer.key_id,
                 document=document,
             )
+            timestamp = unix_seconds(now)
+            hold = row.held_micro
+            payment.settle_job(
+                connection,
+                client_id=row.client_id,
+                miner_id=miner_id,
+                job_id=job_id,
+                hold_micro=hold,
+                settlement=(
+                    settle(hold, terms.price_micro, runtime.settings.fee_basis_points)
+                    if hold
+                    else None
+                ),
+                anchor=payment.receipt_anchor(receipt_id, signed.canonical, timestamp),
+                timestamp=timestamp,
+            )
             return document
         # Not completed by this call: say why (or repeat an identical completion).
         row = held_job(connection, job_id, miner_id)
@@ -200,7 +212,7 @@ async def complete(
             raise Conflict(f"job is {current.value}", error_code=f"job_{current.value}")
         if now < row.deadline_at:
             raise Conflict("the job changed state meanwhile", error_code="job_changed")
-        transition(connection, job_id, current, timeout_values(row, now))
+        transition(connection, job_id, current, timeout_values(row, now))  # refunds
         return None
 
     receipt = await transaction(runtime.engine, work)

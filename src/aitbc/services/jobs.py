@@ -15,15 +15,18 @@ from sqlalchemy import Connection
 
 from aitbc.domain import pricing
 from aitbc.domain.jobs import JobStatus, Requirements, deadline, ensure_transition, within_price
-from aitbc.domain.money import to_micro
-from aitbc.errors import Conflict, InvalidRequest, PayloadTooLarge
+from aitbc.domain.money import to_ait, to_micro
+from aitbc.domain.payment import job_hold_micro
+from aitbc.domain.timestamps import unix_seconds
+from aitbc.errors import Conflict, InsufficientFunds, InvalidRequest, PayloadTooLarge
 from aitbc.schemas import JobRequest
 from aitbc.services import files as file_service
+from aitbc.services import payment
 from aitbc.services._job_steps import load_visible_job, offer_of, transition
 from aitbc.services.auth import require_client, require_role
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.services.views import JobDocument, job_document, job_list_document
-from aitbc.storage import job_queries, queries
+from aitbc.storage import job_queries, ledger_queries, queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.job_queries import JobRecord
 
@@ -63,8 +66,12 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
     max_price_micro = to_micro(
         settings.default_max_price if request.max_price is None else request.max_price
     )
+    eligible = list(market.eligible_prices(model, requirements))
+    affordable = [price for price in eligible if within_price(max_price_micro, price)]
+    job_id = runtime.new_id("job")
+    hold_micro = job_hold_micro(prompt, max_tokens, max_price_micro)
     values = {
-        "id": runtime.new_id("job"),
+        "id": job_id,
         "client_id": client_id,
         "status": JobStatus.PENDING.value,
         "priority": request.priority.rank,
@@ -82,22 +89,58 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
         "attempts": 0,
         "progress": 0,
         "estimated_cost_micro": pricing.estimate_cost_micro(
-            pricing.estimate_units(prompt, max_tokens),
-            [
-                price
-                for price in market.eligible_prices(model, requirements)
-                if within_price(max_price_micro, price)
-            ],
+            pricing.estimate_units(prompt, max_tokens), affordable
         ),
+        "estimate_note": _estimate_note(model, eligible, affordable, max_price_micro),
         "estimated_time_seconds": pricing.estimate_time_seconds(
             max_tokens, market.speeds.get(model)
         ),
         "max_price_micro": max_price_micro,
+        "held_micro": hold_micro,
     }
-    row = await transaction(runtime.engine, job_queries.insert_job, values)
+
+    def work(connection: Connection) -> JobRecord:
+        # The hold first: a client whose balance is short gets 402 and nothing is
+        # written (the transaction rolls back with the error).
+        payment.hold_for_job(connection, client_id, job_id, hold_micro, unix_seconds(now))
+        return job_queries.insert_job(connection, values)
+
+    try:
+        row = await transaction(runtime.engine, work)
+    except InsufficientFunds:
+        raise await _short_of_funds(runtime, client_id, hold_micro) from None
     offer = offer_of(row)
     runtime.dispatcher.publish(offer)
     return offer.payload
+
+
+def _estimate_note(
+    model: str, eligible: list[int], affordable: list[int], max_price_micro: int
+) -> str | None:
+    """Why a job has no cost estimate (no online miner could take it now), or None."""
+    if affordable:
+        return None
+    if not eligible:
+        return (
+            f"no online miner serves model {model!r} with the hardware the job requires; "
+            "it stays pending until one does"
+        )
+    return (
+        f"no online miner serves model {model!r} at or below the job's max_price of "
+        f"{to_ait(max_price_micro)} AIT per 1,000 tokens (the lowest online is "
+        f"{to_ait(min(eligible))} AIT); it stays pending until one does"
+    )
+
+
+async def _short_of_funds(runtime: Runtime, client_id: str, hold_micro: int) -> InsufficientFunds:
+    """The 402 for a job its client cannot cover, saying by how much."""
+    balance = await read(runtime.engine, ledger_queries.account, client_id)
+    available = balance.balance_micro if balance else 0
+    return InsufficientFunds(
+        f"this job may cost up to {to_ait(hold_micro)} AIT (its prompt and max_tokens at "
+        f"its max_price), held until it ends; the balance is {to_ait(available)} AIT",
+        error_code="insufficient_funds",
+    )
 
 
 async def get(runtime: Runtime, principal: Principal, job_id: str) -> JobDocument:

@@ -121,7 +121,8 @@ def load_or_create_key(settings: Settings, random_bytes: RandomBytes) -> tuple[S
     return key, True
 
 
-def _record(row: Row[Any]) -> PublicKey:
+def record_of(row: Row[Any]) -> PublicKey:
+    """A stored public key as the domain reads it (owner, bytes, validity period)."""
     return PublicKey(
         key_id=row.key_id,
         public_key=b64url_decode(row.public_key, PUBLIC_KEY_BYTES, "public key"),
@@ -306,7 +307,7 @@ def _publish_if_unknown(connection: Connection, key: SigningKey, now: datetime) 
 async def published(runtime: Runtime, owner: str | None = None) -> dict[str, Any]:
     """The ``GET /v1/keys`` document: coordinator keys, or one owner's keys."""
     rows = await read(runtime.engine, receipt_queries.keys_of, owner or COORDINATOR_OWNER)
-    return KeyRing(_record(row) for row in rows).to_document()
+    return KeyRing(record_of(row) for row in rows).to_document()
 
 
 def parse_public_key(text: str) -> bytes:
@@ -350,7 +351,7 @@ def register_miner_key(
 
 def _current_keys(connection: Connection, miner_id: str) -> KeyRing:
     return KeyRing(
-        _record(row)
+        record_of(row)
         for row in receipt_queries.keys_of(connection, miner_id)
         if row.status == "current"
     )

@@ -16,7 +16,7 @@ from aitbc.schemas import Heartbeat, HeartbeatAck, MinerCredentials, MinerRegist
 from aitbc.services import keys as key_service
 from aitbc.services.auth import add_key, require_miner
 from aitbc.services.runtime import Principal, Runtime
-from aitbc.storage import job_queries, miner_queries
+from aitbc.storage import job_queries, ledger_queries, miner_queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.models import Miner
 
@@ -100,6 +100,10 @@ async def _register(
             )
             credentials = MinerCredentials(
                 miner_id=miner_id, api_key=add_key(session, runtime, "miner", miner_id)
+            )
+            await session.flush()
+            await session.run_sync(
+                lambda sync: ledger_queries.ensure_account(sync.connection(), miner_id)
             )
         if public_key is not None:
             # The miner row must exist first (same transaction).

@@ -1,4 +1,5 @@
-"""Receipt use cases: one receipt by id or by job, and pages of them.
+"""Receipt use cases: one receipt by id or by job, pages of them, and a receipt's
+offline-checkable bundle (with its inclusion proof and block header).
 
 Receipts are stored as their canonical JSON text and handed out unchanged, so a
 response body hashes to the same SHA-256 the ledger records. A client sees the
@@ -13,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 
 from aitbc.errors import NotFound
+from aitbc.services import explorer
 from aitbc.services._job_steps import load_visible_job
 from aitbc.services.auth import require_role
 from aitbc.services.runtime import Principal, Runtime
@@ -84,3 +86,19 @@ async def page(
             offset=offset,
         )
     )
+
+
+async def bundle(runtime: Runtime, principal: Principal, receipt_id: str) -> str:
+    """A receipt with everything needed to check it offline against pinned keys:
+    ``{"receipt", "transaction", "proof", "block": {"header", "signature"}}``
+    (DESIGN.md section 3; built by ``services.explorer.receipt_bundle_text``).
+    Seen by whoever may see the receipt; 409 ``not_sealed`` until its block is sealed."""
+    require_role(principal, "client", "miner", "admin")
+
+    def work(connection: Connection) -> str:
+        row = receipt_queries.receipt_by_id(connection, receipt_id)
+        if row is None or not _visible(principal, row):
+            raise NotFound(f"receipt {receipt_id} not found", error_code="receipt_not_found")
+        return explorer.receipt_bundle_text(connection, receipt_id, str(row.document))
+
+    return await read(runtime.engine, work)

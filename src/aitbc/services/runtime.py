@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aitbc.domain.jobs import MinerHardware, MinerTerms
+from aitbc.domain.ledger import LedgerState
 from aitbc.domain.signing import KeyRing, SigningKey
 from aitbc.errors import ServiceUnavailable
 from aitbc.services.dispatch import Dispatcher
@@ -51,6 +52,15 @@ class Principal:
 
 
 @dataclass
+class SealedState:
+    """The replayed balances as of one block (services.ledger), kept between beats
+    so sealing a block costs the hashes of the accounts it changed."""
+
+    block_hash: str
+    state: LedgerState
+
+
+@dataclass
 class Runtime:
     """Everything services need, passed explicitly."""
 
@@ -79,6 +89,8 @@ class Runtime:
     estimates: EstimateCache = field(default_factory=EstimateCache)
     # miner id -> (its current public keys, monotonic time read).
     miner_keys_cache: dict[str, tuple[KeyRing, float]] = field(default_factory=dict)
+    # The sealer's balances as of the last block it sealed (None: read them again).
+    sealed_state: SealedState | None = None
 
     def signing_key(self) -> SigningKey:
         """The key receipts are signed with (set once the app has started)."""

@@ -14,6 +14,7 @@ from aitbc.services._job_steps import (
     LEASE_LAPSED_ERROR_CODE,
     lost_attempt_values,
     offer_of,
+    refund_if_ended,
     timeout_values,
 )
 from aitbc.services.runtime import Runtime
@@ -42,7 +43,9 @@ async def sweep_jobs(runtime: Runtime) -> dict[str, int]:
         failed = 0
         for row in job_queries.overdue(connection, now, SWEEP_BATCH):
             values = timeout_values(row, now)
-            if job_queries.transition(connection, row.id, JobStatus(row.status), values):
+            ended = job_queries.transition(connection, row.id, JobStatus(row.status), values)
+            if ended is not None:
+                refund_if_ended(connection, ended)
                 timed_out.append(row.id)
         for row in job_queries.lapsed(connection, now, SWEEP_BATCH):
             target = status_after_lost_attempt(row.attempts, max_attempts)
@@ -64,6 +67,7 @@ async def sweep_jobs(runtime: Runtime) -> dict[str, int]:
             )
             if updated is None:
                 continue
+            refund_if_ended(connection, updated)
             if target is JobStatus.PENDING:
                 requeued.append(updated)
             else:

@@ -8,10 +8,12 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from aitbc.domain.jobs import Priority
+from aitbc.domain.jobs import JobStatus, Priority
 from aitbc.domain.money import to_ait
 from aitbc.schemas import CpuInfo, GpuInfo, Miner
 from aitbc.storage import models
+
+_UNFINISHED = frozenset({JobStatus.PENDING.value, JobStatus.RUNNING.value})
 
 PRIORITY_NAMES = {priority.rank: priority.value for priority in Priority}
 
@@ -69,7 +71,10 @@ def job_document(job: Row[Any] | models.Job) -> JobDocument:
             None if job.estimated_cost_micro is None else to_ait(job.estimated_cost_micro)
         ),
         "estimated_time_seconds": job.estimated_time_seconds,
+        "estimate_note": job.estimate_note,
         "max_price": None if job.max_price_micro is None else to_ait(job.max_price_micro),
+        # In escrow for the job while it is unfinished; paid out or refunded when it ends.
+        "held": to_ait(job.held_micro or 0) if job.status in _UNFINISHED else 0.0,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "completed_at": _iso(job.completed_at),

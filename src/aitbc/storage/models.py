@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Dialect,
     Float,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -170,6 +172,11 @@ class Job(Base):
     # Prompt tokens the claiming miner's chat template may add (what it declared
     # before it claimed): the receipt's prompt tokens are bounded by it.
     prompt_allowance_tokens: Mapped[int | None] = mapped_column(Integer)
+    # What the job's client has in escrow for it (µAIT): the most it can cost while it
+    # is unfinished, 0 once paid or refunded (None: submitted before payments).
+    held_micro: Mapped[int | None] = mapped_column(BigInteger)
+    # Why the job has no cost estimate at submit (no online miner could take it).
+    estimate_note: Mapped[str | None] = mapped_column(Text)
 
     # Partial indexes hold only the jobs a query looks for: the queue stays a small
     # index however many finished jobs the table keeps, and a state change touches
@@ -228,3 +235,82 @@ class Receipt(Base):
         Index("ix_receipts_client_seq", "client_id", "seq"),
         Index("ix_receipts_provider_seq", "provider", "seq"),
     )
+
+
+class Account(Base):
+    """The live balance of an address (DESIGN.md section 3): a client, a miner, or a
+    system account (``treasury``, ``escrow``). Changed only together with the ledger
+    transaction that explains the change, in the same database transaction."""
+
+    __tablename__ = "accounts"
+
+    address: Mapped[str] = mapped_column(String(128), primary_key=True)
+    balance_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What this account has in escrow for unfinished jobs (part of escrow's balance).
+    held_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (
+        # The database refuses a negative balance whatever the code does.
+        CheckConstraint("balance_micro >= 0", name="ck_accounts_balance_nonnegative"),
+        CheckConstraint("held_micro >= 0", name="ck_accounts_held_nonnegative"),
+    )
+
+
+class LedgerTransaction(Base):
+    """One ledger transaction, stored as the exact canonical JSON that is hashed and
+    served, plus the columns queries filter on. ``block_height`` is None until the
+    sealer puts it in a block."""
+
+    __tablename__ = "ledger_transactions"
+
+    # Append order: the order the sealer puts pending transactions in blocks.
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    sender: Mapped[str | None] = mapped_column(String(128))
+    recipient: Mapped[str | None] = mapped_column(String(128))
+    amount_micro: Mapped[int] = mapped_column(BigInteger)
+    fee_micro: Mapped[int] = mapped_column(BigInteger)
+    ref: Mapped[str | None] = mapped_column(String(128))
+    timestamp: Mapped[int] = mapped_column(BigInteger)
+    # A transfer's per-sender nonce (unique per sender: a replay is refused).
+    nonce: Mapped[int | None] = mapped_column(BigInteger)
+    document: Mapped[str] = mapped_column(Text)
+    block_height: Mapped[int | None] = mapped_column(BigInteger)
+    position: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        UniqueConstraint("sender", "nonce", name="uq_ledger_transactions_sender_nonce"),
+        _partial("ix_ledger_transactions_pending", "block_height IS NULL", "seq"),
+        Index("ix_ledger_transactions_block", "block_height", "position"),
+        Index("ix_ledger_transactions_sender_seq", "sender", "seq"),
+        Index("ix_ledger_transactions_recipient_seq", "recipient", "seq"),
+        Index("ix_ledger_transactions_ref", "ref"),
+        Index("ix_ledger_transactions_type_seq", "type", "seq"),
+    )
+
+
+class Block(Base):
+    """A sealed block: its header as canonical JSON (what is hashed and signed) and
+    the sealer's signature object."""
+
+    __tablename__ = "blocks"
+
+    height: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    timestamp: Mapped[int] = mapped_column(BigInteger)
+    tx_count: Mapped[int] = mapped_column(Integer)
+    header: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)
+
+
+class ChainBalance(Base):
+    """Balances as of the last sealed block: what the sealer replays the next block's
+    transactions over to compute its ``state_root``."""
+
+    __tablename__ = "chain_balances"
+
+    address: Mapped[str] = mapped_column(String(128), primary_key=True)
+    balance_micro: Mapped[int] = mapped_column(BigInteger)

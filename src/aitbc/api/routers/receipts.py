@@ -1,5 +1,6 @@
-"""Receipt endpoints: ``GET /v1/receipts``, ``GET /v1/receipts/{id}``, and the public
-key list ``GET /v1/keys`` verifiers pin."""
+"""Receipt endpoints: ``GET /v1/receipts``, ``GET /v1/receipts/{id}``, its offline
+bundle ``GET /v1/receipts/{id}/bundle``, and the public key list ``GET /v1/keys``
+verifiers pin."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from starlette.responses import Response
 
 from aitbc.api.deps import PrincipalDep, RuntimeDep
 from aitbc.api.responses import JSONDocument
-from aitbc.schemas import MINER_ID_PATTERN, KeyList, Receipt
+from aitbc.schemas import MINER_ID_PATTERN, KeyList, Receipt, ReceiptBundle
 from aitbc.services import keys, receipts
 
 router = APIRouter(tags=["Receipts"])
@@ -46,6 +47,21 @@ async def get_receipt(
 ) -> Response:
     """One receipt, as the canonical JSON that was signed (plus its signature)."""
     return receipt_response(await receipts.get(runtime, principal, receipt_id))
+
+
+@router.get("/v1/receipts/{receipt_id}/bundle", response_model=ReceiptBundle)
+async def get_receipt_bundle(
+    runtime: RuntimeDep, principal: PrincipalDep, receipt_id: ReceiptId
+) -> Response:
+    """One self-contained document to check a receipt offline against a pinned key:
+    ``{"receipt": <signed receipt>, "transaction": <its receipt transaction, exactly as
+    hashed>, "proof": <that transaction's inclusion proof>, "block": {"header",
+    "signature"}}``. Check the receipt's and the block's signatures, that the
+    transaction's ``ref`` is the SHA-256 of the receipt's canonical bytes and its id
+    (recomputed) the proof's ``tx_id``, that ``proof.block_hash`` is the header's
+    SHA-256, and the proof against ``header.tx_root``. 409 ``not_sealed`` until its
+    block is sealed."""
+    return receipt_response(await receipts.bundle(runtime, principal, receipt_id))
 
 
 @router.get("/v1/keys", response_model=KeyList, tags=["Keys"])
