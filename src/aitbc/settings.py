@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     rate_limit: str = "60/minute;1000/hour"
     # Miner daemons heartbeat and long-poll on their own, so they get their own budget.
     miner_rate_limit: str = "600/minute;20000/hour"
+    # Anonymous requests to the public explorer (per client IP): verifiers and
+    # followers download whole chains, a few requests per block.
+    explorer_rate_limit: str = "1200/minute;60000/hour"
     # "memory://" keeps counters in-process; "redis://host:6379[/db]" shares them
     # between coordinators (in process while Redis does not answer).
     rate_limit_storage_url: str = "memory://"

@@ -873,3 +873,24 @@ async def test_address_pages_scan_indexes_not_the_ledger(coordinator: Coordinato
     block = select(T.id).where(T.block_height == 5).order_by(T.position)
     plan = await db.read(coordinator.runtime.engine, _plan, block)
     assert "ix_ledger_transactions_block" in plan and "TEMP B-TREE" not in plan, plan
+
+
+async def test_a_blocks_receipts_in_one_request(coordinator: Coordinator, chain: Chain) -> None:
+    for height, expected in ((1, chain.sealed_receipts[0]), (2, chain.sealed_receipts[1])):
+        response = await coordinator.http.get(f"/v1/explorer/blocks/{height}/receipts")
+        assert response.status_code == 200, response.text
+        receipts = json.loads(response.content)
+        assert receipts == [expected]
+        transactions = json.loads(
+            (await coordinator.http.get(f"/v1/explorer/blocks/{height}/transactions")).content
+        )
+        anchors = [tx for tx in transactions if tx["type"] == "receipt"]
+        # Each receipt is served as signed: its hash is its anchor's ref.
+        raw = response.content.decode()
+        assert [a["ref"] for a in anchors] == [
+            hashlib.sha256(canonical_bytes(receipt)).hexdigest() for receipt in receipts
+        ]
+        assert raw.startswith("[") and json.loads(raw) == receipts
+    assert json.loads((await coordinator.http.get("/explorer/blocks/0/receipts")).content) == []
+    missing = await coordinator.http.get("/v1/explorer/blocks/99/receipts")
+    assert missing.status_code == 404

@@ -141,3 +141,17 @@ def test_an_unsupported_rate_limit_storage_is_refused_at_start(tmp_path: Path) -
     settings = make_settings(tmp_path, "sqlite", rate_limit_storage_url="memcached://127.0.0.1")
     with pytest.raises(ValueError, match=r"use memory:// or redis://"):
         create_app(settings)
+
+
+async def test_anonymous_explorer_reads_have_their_own_budget(tmp_path: Path) -> None:
+    app = create_app(
+        make_settings(tmp_path, "sqlite", rate_limit="2/minute", explorer_rate_limit="5/minute"),
+        run_sweeper=False,
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            explorer = [(await http.get("/v1/explorer/blocks")).status_code for _ in range(6)]
+            other = [(await http.get("/v1/keys")).status_code for _ in range(3)]
+    assert explorer == [200] * 5 + [429]
+    assert other == [200, 200, 429]

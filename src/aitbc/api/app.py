@@ -70,6 +70,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
         log.info("signing receipts with key %s", runtime.signing_key().key_id)
         await ledger.ensure_genesis(runtime)
         await rate_limiter.start()
+        checkpointer = db.start_wal_checkpointer(runtime.engine)
         tasks = (
             [
                 asyncio.create_task(sweeper.run_forever(runtime)),
@@ -90,6 +91,8 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
                     await task
             await rate_limiter.aclose()
             await runtime.engine.dispose()
+            if checkpointer is not None:
+                await asyncio.to_thread(checkpointer.stop)
 
     app = FastAPI(
         title="AITBC Coordinator API",

@@ -34,6 +34,7 @@ PRINCIPAL_STATE_KEY = "principal"
 AUTH_ERROR_STATE_KEY = "auth_error"
 UPLOAD_PATH = "/v1/files"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+EXPLORER_PREFIXES = ("/explorer/", "/v1/explorer/")
 EXEMPT_PATHS = frozenset({"/health", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"})
 # Apache's mod_reqtimeout default (MinRate=500): slower than a 4 kbit/s modem.
 MIN_BODY_BYTES_PER_SECOND = 500
@@ -43,6 +44,8 @@ MIN_BODY_BYTES_PER_SECOND = 500
 class _Limits:
     default: list[RateLimitItem]
     miner: list[RateLimitItem]
+    # Anonymous reads of the public chain: a verifier downloads it all.
+    explorer: list[RateLimitItem]
 
 
 def _parse(spec: str) -> list[RateLimitItem]:
@@ -74,7 +77,11 @@ class AuthRateLimitMiddleware:
         self.app = app
         self.runtime = runtime
         settings = runtime.settings
-        self.limits = _Limits(_parse(settings.rate_limit), _parse(settings.miner_rate_limit))
+        self.limits = _Limits(
+            _parse(settings.rate_limit),
+            _parse(settings.miner_rate_limit),
+            _parse(settings.explorer_rate_limit),
+        )
         self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,7 +109,11 @@ class AuthRateLimitMiddleware:
             # is a proxy listed in forwarded_allow_ips.
             client = scope.get("client")
             identity = "ip:" + (client[0] if client else "unknown")
-            items = self.limits.default
+            items = (
+                self.limits.explorer
+                if scope["path"].startswith(EXPLORER_PREFIXES)
+                else self.limits.default
+            )
         if not items:
             await self.app(scope, receive, send)
             return

@@ -286,6 +286,17 @@ async def block_transactions(runtime: Runtime, height_or_hash: str) -> str:
     return await read(runtime.engine, work)
 
 
+async def block_receipts(runtime: Runtime, height_or_hash: str) -> str:
+    """The signed receipts a block's ``receipt`` transactions anchor, in block order,
+    as stored: what a verifier checks each anchor against in one request per block."""
+
+    def work(connection: Connection) -> str:
+        found = _block_named(connection, height_or_hash)
+        return json_array(ledger_queries.block_receipt_documents(connection, found.height))
+
+    return await read(runtime.engine, work)
+
+
 async def transactions(
     runtime: Runtime,
     *,

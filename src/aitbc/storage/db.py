@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from aitbc.errors import ServiceUnavailable
+from aitbc.storage.checkpoints import SAFETY_NET_PAGES, WalCheckpointer
 from aitbc.storage.inline_sqlite import UNITS_RETRIED, Backoff, inline_creator, is_busy
 
 
@@ -52,11 +53,26 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=0")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints run on a thread (storage.checkpoints); this is the safety net.
+            cursor.execute(f"PRAGMA wal_autocheckpoint={SAFETY_NET_PAGES}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=False)
+
+
+def start_wal_checkpointer(engine: AsyncEngine) -> WalCheckpointer | None:
+    """Checkpoint a file SQLite database on a thread of its own (started here; the
+    caller stops it); None for PostgreSQL and in-memory databases."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return None
+    checkpointer = WalCheckpointer(database)
+    checkpointer.start()
+    return checkpointer
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -11,6 +11,7 @@ constraint); both violations are translated here, by constraint name, into
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -22,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal_column,
     or_,
     select,
     text,
@@ -136,6 +138,11 @@ class StoredBlock:
             header=str(row.header),
             signature=str(row.signature),
         )
+
+
+# The condition of the partial index on receipts' refs, spelled with a literal so the
+# planner can use the index (a bound parameter could be any type).
+_IS_RECEIPT = T.type == literal_column("'receipt'")
 
 
 # --- accounts -------------------------------------------------------------------------
@@ -511,7 +518,7 @@ def explorer_transaction_page(
 def receipt_anchor(connection: Connection, receipt_hash: str) -> StoredTransaction | None:
     """The ``receipt`` transaction whose ``ref`` is ``receipt_hash`` (the SHA-256 of a
     signed receipt's canonical bytes), or None."""
-    statement = select(TRANSACTIONS).where(T.ref == receipt_hash, T.type == "receipt").limit(1)
+    statement = select(TRANSACTIONS).where(T.ref == receipt_hash, _IS_RECEIPT).limit(1)
     row = connection.execute(statement).first()
     return None if row is None else StoredTransaction.from_row(row)
 
@@ -523,7 +530,7 @@ def receipt_anchors(
     wanted = sorted(set(receipt_hashes))
     if not wanted:
         return {}
-    statement = select(TRANSACTIONS).where(T.ref.in_(wanted), T.type == "receipt")
+    statement = select(TRANSACTIONS).where(T.ref.in_(wanted), _IS_RECEIPT)
     found: dict[str, StoredTransaction] = {}
     for row in connection.execute(statement):
         found.setdefault(str(row.ref), StoredTransaction.from_row(row))
@@ -643,3 +650,22 @@ def network_counts(connection: Connection, seen_since: Any) -> NetworkCounts:
     )
     jobs, all_miners, active_miners, receipts = connection.execute(statement).one()
     return NetworkCounts(int(jobs), int(all_miners), int(active_miners), int(receipts))
+
+
+def block_receipt_documents(connection: Connection, height: int) -> list[str]:
+    """The signed receipts a sealed block's ``receipt`` transactions anchor, in block
+    order (each transaction names its receipt in ``receipt_id``)."""
+    anchors = connection.execute(
+        select(T.document).where(T.block_height == height, _IS_RECEIPT).order_by(T.position)
+    ).scalars()
+    receipt_ids = [str(json.loads(document)["receipt_id"]) for document in anchors]
+    found: dict[str, str] = {}
+    for start in range(0, len(receipt_ids), _IN_CHUNK):
+        chunk = receipt_ids[start : start + _IN_CHUNK]
+        rows = connection.execute(select(RC.id, RC.document).where(RC.id.in_(chunk)))
+        found.update((str(row.id), str(row.document)) for row in rows)
+    return [found[receipt_id] for receipt_id in receipt_ids if receipt_id in found]
+
+
+# Ids per IN list: below SQLite's limit on bound parameters.
+_IN_CHUNK = 900

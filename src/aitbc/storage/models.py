@@ -18,7 +18,6 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -123,9 +122,15 @@ class StoredFile(Base):
     expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
-def _partial(name: str, condition: str, *columns: Any) -> Index:
+def _partial(name: str, condition: str, *columns: Any, unique: bool = False) -> Index:
     """An index over the rows matching ``condition`` (SQLite and PostgreSQL)."""
-    return Index(name, *columns, sqlite_where=text(condition), postgresql_where=text(condition))
+    return Index(
+        name,
+        *columns,
+        unique=unique,
+        sqlite_where=text(condition),
+        postgresql_where=text(condition),
+    )
 
 
 class Job(Base):
@@ -282,13 +287,21 @@ class LedgerTransaction(Base):
     position: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
-        UniqueConstraint("sender", "nonce", name="uq_ledger_transactions_sender_nonce"),
+        # Every index is written on every insert, in the transaction of the job step
+        # that caused it: partial indexes keep the rows that need none out of them.
+        _partial(
+            "uq_ledger_transactions_sender_nonce",
+            "nonce IS NOT NULL",
+            "sender",
+            "nonce",
+            unique=True,
+        ),
         _partial("ix_ledger_transactions_pending", "block_height IS NULL", "seq"),
         Index("ix_ledger_transactions_block", "block_height", "position"),
         Index("ix_ledger_transactions_sender_seq", "sender", "seq"),
         Index("ix_ledger_transactions_recipient_seq", "recipient", "seq"),
-        Index("ix_ledger_transactions_ref", "ref"),
-        Index("ix_ledger_transactions_type_seq", "type", "seq"),
+        # A receipt's anchor, found by the receipt's hash.
+        _partial("ix_ledger_transactions_receipt_ref", "type = 'receipt'", "ref"),
     )
 
 

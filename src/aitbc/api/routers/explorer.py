@@ -25,6 +25,7 @@ from aitbc.schemas import (
     BlockDetail,
     InclusionProof,
     NetworkStats,
+    Receipt,
     ReceiptProof,
     ReceiptSummary,
     Transaction,
@@ -81,6 +82,13 @@ async def get_block(runtime: RuntimeDep, height_or_hash: HeightOrHash) -> Respon
 async def get_block_transactions(runtime: RuntimeDep, height_or_hash: HeightOrHash) -> Response:
     """Every transaction of a block, in block order, each exactly as hashed."""
     return json_text(await explorer.block_transactions(runtime, height_or_hash))
+
+
+@_routes.get("/blocks/{height_or_hash}/receipts", response_model=list[Receipt])
+async def get_block_receipts(runtime: RuntimeDep, height_or_hash: HeightOrHash) -> Response:
+    """The signed receipts the block's ``receipt`` transactions anchor, in block order,
+    exactly as signed (each one's SHA-256 is its transaction's ``ref``)."""
+    return json_text(await explorer.block_receipts(runtime, height_or_hash))
 
 
 @_routes.get("/transactions", response_model=list[TransactionRecord])

@@ -43,7 +43,6 @@ def upgrade() -> None:
         sa.Column("document", sa.Text(), nullable=False),
         sa.Column("block_height", sa.BigInteger(), nullable=True),
         sa.Column("position", sa.Integer(), nullable=True),
-        sa.UniqueConstraint("sender", "nonce", name="uq_ledger_transactions_sender_nonce"),
     )
     pending = "block_height IS NULL"
     op.create_index(
@@ -60,8 +59,24 @@ def upgrade() -> None:
     op.create_index(
         "ix_ledger_transactions_recipient_seq", "ledger_transactions", ["recipient", "seq"]
     )
-    op.create_index("ix_ledger_transactions_ref", "ledger_transactions", ["ref"])
-    op.create_index("ix_ledger_transactions_type_seq", "ledger_transactions", ["type", "seq"])
+    # Partial: rows without a nonce (all but transfers) are not in it.
+    has_nonce = "nonce IS NOT NULL"
+    op.create_index(
+        "uq_ledger_transactions_sender_nonce",
+        "ledger_transactions",
+        ["sender", "nonce"],
+        unique=True,
+        sqlite_where=sa.text(has_nonce),
+        postgresql_where=sa.text(has_nonce),
+    )
+    is_receipt = "type = 'receipt'"
+    op.create_index(
+        "ix_ledger_transactions_receipt_ref",
+        "ledger_transactions",
+        ["ref"],
+        sqlite_where=sa.text(is_receipt),
+        postgresql_where=sa.text(is_receipt),
+    )
     op.create_table(
         "blocks",
         sa.Column("height", sa.BigInteger(), primary_key=True, autoincrement=False),
