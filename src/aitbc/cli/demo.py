@@ -15,6 +15,7 @@ import logging
 import socket
 import tempfile
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from aitbc.miner.backends.bundled import DEFAULT_MODEL_NAME
 from aitbc.miner.backends.llamacpp import LlamaCppBackend
 from aitbc.miner.daemon import Miner, MinerConfig
 from aitbc.sdk import verify_receipt
+from aitbc.sdk.chain import verify_url
 from aitbc.settings import Settings
 
 DEMO_MINER_ID = "demo-miner"
@@ -187,4 +189,65 @@ async def _walk_through(http: httpx.AsyncClient, miner: Miner, mining: asyncio.T
         f"receipt verified offline: coordinator key {verified.key.key_id}, miner key "
         f"{verified.miner_key.key_id if verified.miner_key else '-'}, result hash matches; "
         f"paid {verified.receipt['price']} AIT for {verified.receipt['units']} tokens",
+    )
+    await _show_payment(http, client, credentials["client_id"], verified.receipt, pinned)
+
+
+async def _show_payment(
+    http: httpx.AsyncClient,
+    client: dict[str, str],
+    client_id: str,
+    receipt: Mapping[str, Any],
+    pinned: KeyRing,
+) -> None:
+    """The payment as the chain recorded it: balances, the block that sealed the
+    receipt's transaction with the job's escrow, then the whole chain verified from
+    outside through the public explorer against the pinned key."""
+    account = await _expect(await http.get("/v1/accounts/me", headers=client), 200)
+    miner = await _expect(await http.get(f"/v1/accounts/{DEMO_MINER_ID}"), 200)
+    treasury = await _expect(await http.get("/v1/accounts/treasury"), 200)
+    _say(
+        "client",
+        f"balance {account['balance']} AIT (held {account['held']}); the miner has "
+        f"{miner['balance']} AIT, the treasury's fee {treasury['balance']} AIT",
+    )
+    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+    while True:
+        response = await http.get(f"/v1/explorer/receipts/{receipt['receipt_id']}/proof")
+        if response.status_code == 200:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the receipt's transaction was not sealed in time")
+        await asyncio.sleep(0.5)
+    proof = response.json()["proof"]
+    height = proof["block_height"]
+    records = await _expect(
+        await http.get("/v1/explorer/transactions", params={"address": client_id}), 200
+    )
+    for record in reversed(records):
+        tx = record["transaction"]
+        if tx["type"] == "escrow_hold" and tx["ref"] == receipt["job_id"]:
+            _say(
+                "coordinator",
+                f"block {record['block_height']}: escrow_hold {tx['amount']} AIT from the "
+                "client at submit (the most the job could cost)",
+            )
+    block = await _expect(await http.get(f"/v1/explorer/blocks/{height}"), 200)
+    transactions = await _expect(await http.get(f"/v1/explorer/blocks/{height}/transactions"), 200)
+    _say("coordinator", f"block {height} {block['hash'][:16]}… sealed the payment:")
+    for tx in transactions:
+        if tx["ref"] in (receipt["job_id"], proof["tx_id"]) or tx.get("receipt_id"):
+            _say(
+                "coordinator",
+                f"  {tx['type']:<15} {tx['from'] or '-':>38} -> {tx['to'] or '-':<38} "
+                f"{tx['amount']} AIT (fee {tx['fee']})",
+            )
+    report, _keys = await verify_url(str(http.base_url), pinned)
+    if not report.ok:
+        raise RuntimeError(f"chain verification failed: {report.failure}")
+    _say(
+        "verifier",
+        f"chain verified through the public API: {report.blocks_checked} blocks, "
+        f"{report.transactions_checked} transactions, {report.receipts_checked} receipts, "
+        "every balance replayed from genesis matches each block's state_root",
     )

@@ -225,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     auth_cli.add_admin_api_keys_parser(admin_commands, _add_client_flags)
     auth_cli.add_auth_parser(commands, _add_client_flags)
 
+    from aitbc.cli import chain as chain_cli
+
+    chain_cli.add_admin_parsers(admin_commands, _add_client_flags)
+    chain_cli.add_parsers(commands, _add_client_flags)
+
     from aitbc.cli import miner as miner_cli
     from aitbc.cli.receipts import add_parsers
 

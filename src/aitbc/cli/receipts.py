@@ -3,7 +3,11 @@ read receipts and verify them offline.
 
 ``receipts verify`` prints one line and exits 0 when the receipt checks out, 1 with
 ``invalid: <reason>: <detail>`` on any mismatch, 2 when it could not run (file
-missing, coordinator unreachable, no pinned keys).
+missing, coordinator unreachable, no pinned keys). A receipt fetched by id, or a
+file given with ``--url``, also has its place in a sealed block checked online
+through the public explorer (the proof, the anchor transaction, the block's
+signature by a pinned key); a bundle (``GET /v1/receipts/{id}/bundle``) is checked
+entirely offline.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ from typing import Any
 
 import httpx
 
+from aitbc.domain.receipts import VerifiedReceipt
 from aitbc.domain.signing import KeyRing
 from aitbc.errors import AITBCError, VerificationFailed
 from aitbc.sdk import receipts as sdk
+from aitbc.settings import DEFAULT_PORT
 
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_CANNOT_RUN = 2
 HTTP_TIMEOUT_SECONDS = 30.0
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 # What a receipt id can look like (anything else given to ``verify`` is a file name).
 RECEIPT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -176,6 +183,11 @@ def _pinned_keys(args: argparse.Namespace) -> KeyRing:
         raise CannotRun(f"cannot read pinned keys {path}: {exc}") from exc
 
 
+def _is_receipt_id(source: str) -> bool:
+    """Whether ``verify``'s argument names a receipt on the coordinator (not a file)."""
+    return source != "-" and not Path(source).exists() and bool(RECEIPT_ID.fullmatch(source))
+
+
 def _receipt_bytes(args: argparse.Namespace) -> bytes:
     source = args.receipt
     if source == "-":
@@ -206,11 +218,74 @@ def _downloaded_result(args: argparse.Namespace, job_id: str) -> bytes | None:
     return None
 
 
+def _resolve_url(args: argparse.Namespace) -> bool:
+    """Fill in ``args.url`` (flag, ``$AITBC_URL``, default); True when ``--url`` was
+    given, which puts a receipt file's inclusion check online."""
+    explicit = args.url is not None
+    if not explicit:
+        args.url = os.environ.get("AITBC_URL") or DEFAULT_URL
+    return explicit
+
+
+def _where(included: sdk.VerifiedInclusion) -> str:
+    return (
+        f"in block {included.block_height} (transaction {included.leaf_index + 1} of "
+        f"{included.tree_size}, proof checked), sealed by key {included.sealer}"
+    )
+
+
+def _inclusion_online(args: argparse.Namespace, receipt: dict[str, Any], keys: KeyRing) -> str:
+    """The inclusion check online, as a phrase for the ``ok:`` line."""
+    try:
+        included = sdk.verify_inclusion(receipt, keys, args.url)
+    except sdk.InclusionUnavailable as exc:
+        if exc.error_code == "not_sealed":
+            return "not in a sealed block yet (check again later)"
+        return f"not in the ledger ({exc.error_code}: {exc.detail})"
+    except httpx.HTTPError as exc:
+        raise CannotRun(f"cannot check the inclusion at {args.url}: {exc}") from exc
+    return _where(included)
+
+
+def _verify_bundle(args: argparse.Namespace, bundle: dict[str, Any], keys: KeyRing) -> int:
+    receipt = bundle.get("receipt")
+    provider = receipt.get("provider") if isinstance(receipt, dict) else None
+    miner_keys = keys.owned_by(provider) if isinstance(provider, str) else KeyRing()
+    job_id = receipt.get("job_id") if isinstance(receipt, dict) else None
+    result = _downloaded_result(args, job_id) if isinstance(job_id, str) else None
+    included = sdk.verify_bundle(
+        bundle, keys, miner_keys=miner_keys if len(miner_keys) else None, result=result
+    )
+    _print_ok(included.receipt, [_where(included), "offline bundle"])
+    return EXIT_OK
+
+
+def _print_ok(verified: VerifiedReceipt, extra: list[str]) -> None:
+    receipt = verified.receipt
+    checks = [f"signed by coordinator key {verified.key.key_id}"]
+    if verified.miner_key is not None:
+        checks.append(f"miner signature by {verified.miner_key.key_id}")
+    elif "miner_signature" in receipt:
+        checks.append("miner signature not checked (no pinned key for the miner)")
+    if verified.result_checked:
+        checks.append("result hash matches")
+    checks.extend(extra)
+    print(
+        f"ok: receipt {receipt['receipt_id']} for job {receipt['job_id']}: "
+        f"{receipt['units']} {receipt['unit_type']} for {receipt['price']} AIT; "
+        + "; ".join(checks)
+    )
+
+
 def _receipts_verify(args: argparse.Namespace) -> int:
+    explicit_url = _resolve_url(args)
     keys = _pinned_keys(args)
+    by_id = _is_receipt_id(args.receipt)
     data = _receipt_bytes(args)
     try:
         receipt = sdk.load_receipt(data)
+        if sdk.is_bundle(receipt):
+            return _verify_bundle(args, receipt, keys)
         job_id = receipt.get("job_id")
         result = _downloaded_result(args, job_id) if isinstance(job_id, str) else None
         provider = receipt.get("provider")
@@ -218,24 +293,16 @@ def _receipts_verify(args: argparse.Namespace) -> int:
         verified = sdk.verify_receipt(
             receipt, keys, miner_keys=miner_keys if len(miner_keys) else None, result=result
         )
+        extra: list[str] = []
+        if not args.offline and (by_id or explicit_url):
+            extra.append(_inclusion_online(args, receipt, keys))
     except VerificationFailed as exc:
         hint = ""
         if exc.error_code == "unknown_key":
             hint = " (if the coordinator rotated its key, run `aitbc keys pin` again)"
         print(f"invalid: {exc.error_code}: {exc.detail}{hint}", file=sys.stderr)
         return EXIT_INVALID
-    checks = [f"signed by coordinator key {verified.key.key_id}"]
-    if verified.miner_key is not None:
-        checks.append(f"miner signature by {verified.miner_key.key_id}")
-    elif "miner_signature" in verified.receipt:
-        checks.append("miner signature not checked (no pinned key for the miner)")
-    if verified.result_checked:
-        checks.append("result hash matches")
-    print(
-        f"ok: receipt {receipt['receipt_id']} for job {receipt['job_id']}: "
-        f"{receipt['units']} {receipt['unit_type']} for {receipt['price']} AIT; "
-        + "; ".join(checks)
-    )
+    _print_ok(verified, extra)
     return EXIT_OK
 
 
@@ -293,9 +360,15 @@ def add_parsers(commands: Any, add_client_flags: Any, add_storage_flags: Any) ->
     list_.add_argument("--limit", type=int, default=20)
     list_.add_argument("--offset", type=int, default=0)
     verify = receipt_commands.add_parser(
-        "verify", help="check a receipt's signatures against pinned keys, offline"
+        "verify",
+        help="check a receipt's signatures against pinned keys (offline), and its block: "
+        "online for a receipt id or with --url, offline for a bundle",
     )
-    verify.add_argument("receipt", help="a receipt JSON file, - for stdin, or a receipt id")
+    verify.add_argument(
+        "receipt",
+        help="a receipt or bundle (GET /v1/receipts/{id}/bundle) JSON file, - for stdin, "
+        "or a receipt id",
+    )
     verify.add_argument("--key-file", help="trusted key: a /v1/keys document, PEM or base64url")
     verify.add_argument("--keyring", help="pinned keys (default: ~/.config/aitbc/keys.json)")
     verify.add_argument(
@@ -305,6 +378,11 @@ def add_parsers(commands: Any, add_client_flags: Any, add_storage_flags: Any) ->
     verify.add_argument(
         "--fetch-result", action="store_true", help="download the job's result and check its hash"
     )
+    verify.add_argument(
+        "--offline", action="store_true", help="do not check the receipt's block online"
+    )
     for sub in (get, list_, verify):
         add_client_flags(sub)
+    # No --url: a receipt file is checked offline; its default is filled in later.
+    verify.set_defaults(url=None)
     receipts.set_defaults(handler=cmd_receipts)

@@ -9,7 +9,7 @@ until commit), and a replayed nonce by the (sender, nonce) unique constraint.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
@@ -23,6 +23,7 @@ from aitbc.errors import (
     NotFound,
     PermissionDenied,
     ValidationFailed,
+    VerificationFailed,
 )
 from aitbc.schemas import (
     AccountBalance,
@@ -119,7 +120,15 @@ async def transfer(
     def work(connection: Connection) -> NewTransaction:
         if ledger_queries.account(connection, recipient) is None:
             raise NotFound(f"no account {recipient}", error_code="account_not_found")
-        check_sender_signature(parsed, _keys_of(connection, sender))
+        keys = _keys_of(connection, sender)
+        if parsed.signature is None and any(key.status == "current" for key in keys):
+            # Stricter than the chain's rule (a key valid at the timestamp): an
+            # account with a key signs every transfer, however it is dated.
+            raise VerificationFailed(
+                f"{sender} registered a key: its transfers must carry its signature",
+                error_code="missing_signature",
+            )
+        check_sender_signature(parsed, keys)
         ledger_queries.change_balances(
             connection, {sender: (-amount_micro, 0), recipient: (amount_micro, 0)}
         )
@@ -159,11 +168,17 @@ async def mint(runtime: Runtime, principal: Principal, request: MintRequest) -> 
 async def register_key(
     runtime: Runtime, principal: Principal, request: AccountKeyRequest
 ) -> dict[str, object]:
-    """Register the key that signs the caller's transfers from now on (retiring the
-    previous one, which stays valid for what it signed while current)."""
+    """Register the key that signs the caller's transfers dated from the next second
+    on (retiring the previous one then, which stays valid for what it signed while
+    current). Until then the account cannot transfer: it has a key, but none that
+    is valid yet."""
     address = _address_of(principal)
     public_key = key_service.parse_public_key(request.public_key)
-    now = runtime.clock()
-    await transaction(runtime.engine, key_service.register_miner_key, address, public_key, now)
+    # Valid from the next whole second: transfers are dated in whole seconds, and one
+    # accepted unsigned earlier in this second must stay valid without a signature.
+    valid_from = runtime.clock().replace(microsecond=0) + timedelta(seconds=1)
+    await transaction(
+        runtime.engine, key_service.register_miner_key, address, public_key, valid_from
+    )
     runtime.miner_keys_cache.pop(address, None)
     return await key_service.published(runtime, address)

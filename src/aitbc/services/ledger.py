@@ -172,6 +172,8 @@ async def run_forever(runtime: Runtime) -> None:
     retried on the next beat (a database hiccup must not stop the chain)."""
     interval = runtime.settings.block_interval_seconds
     while True:
+        # The first beat one interval after start-up (genesis is sealed at start-up).
+        await asyncio.sleep(interval)
         try:
             while True:
                 block = await seal_once(runtime)
@@ -182,4 +184,3 @@ async def run_forever(runtime: Runtime) -> None:
         except Exception:
             log.exception("sealing failed; retrying in %.1f s", interval)
             runtime.sealed_state = None
-        await asyncio.sleep(interval)
