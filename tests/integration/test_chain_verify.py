@@ -327,6 +327,21 @@ async def unsigned_transfer(coordinator: Coordinator, built: Built) -> tuple[int
     return row.block_height, "missing_signature"
 
 
+async def changed_balance(coordinator: Coordinator, built: Built) -> tuple[int, str]:
+    """A balance changed where the sealer keeps them: the next block it seals carries
+    a state root no replay of the chain gives."""
+    await sql(
+        coordinator,
+        "UPDATE chain_balances SET balance_micro = balance_micro + 1000000 WHERE address = :a",
+        a=built.alice,
+    )
+    coordinator.runtime.sealed_state = None  # as after a restart: read them back
+    _client, headers = await coordinator.new_client()
+    payment = {"to": built.bob, "amount": "1", "nonce": 9}
+    ok(await coordinator.http.post("/v1/transfers", json=payment, headers=headers), 201)
+    return await seal(coordinator), "state_root_mismatch"
+
+
 TAMPERS: list[Tamper] = [
     changed_amount,
     changed_amount_new_id,
@@ -339,6 +354,7 @@ TAMPERS: list[Tamper] = [
     changed_receipt,
     deleted_receipt,
     unsigned_transfer,
+    changed_balance,
 ]
 
 

@@ -447,3 +447,24 @@ async def test_a_job_no_miner_meets_stays_pending_and_says_why(
     )
     assert offered["job_id"] == fine["job_id"]
     assert (await get_job(coordinator, cheap["job_id"], client))["status"] == "pending"
+
+
+async def test_the_keys_of_several_accounts_in_one_request(coordinator: Coordinator) -> None:
+    ids = []
+    for seed in (1, 2):
+        client_id, headers = await coordinator.new_client()
+        key = SigningKey.from_seed(bytes([seed]) * 32)
+        ok(
+            await coordinator.http.post(
+                "/v1/accounts/me/keys", json={"public_key": key.public_key_b64}, headers=headers
+            ),
+            201,
+        )
+        ids.append((client_id, key.key_id))
+    both = ok(await coordinator.http.get("/v1/keys", params={"owner": [i for i, _ in ids]}))
+    assert sorted((entry["owner"], entry["key_id"]) for entry in both["keys"]) == sorted(ids)
+    one = ok(await coordinator.http.get("/v1/keys", params={"owner": ids[0][0]}))
+    assert [entry["key_id"] for entry in one["keys"]] == [ids[0][1]]
+    too_many = await coordinator.http.get("/v1/keys", params={"owner": ["a"] * 101})
+    assert_error(too_many, 422)
+    assert_error(await coordinator.http.get("/v1/keys", params={"owner": "bad owner"}), 422)

@@ -679,6 +679,9 @@ class MemorySource:
             if evidence is not None and evidence.refused is None
         ]
 
+    async def accounts_keys(self, owners: Any) -> Mapping[str, KeyRing] | None:
+        return None  # one owner at a time, counted below
+
     async def account_keys(self, owner: str) -> KeyRing:
         self._count(f"keys:{owner}")
         return self.keys.get(owner, KeyRing())

@@ -47,9 +47,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from aitbc.domain import merkle
 from aitbc.domain.canonical import MAX_SAFE_INTEGER, canonical_bytes
@@ -287,10 +286,11 @@ def _address(value: Any, member: str, tx_id: Any) -> str | None:
     raise _malformed(tx_id, f"{member} is neither an address (a non-empty string) nor null")
 
 
-@dataclass(frozen=True, slots=True)
-class Transaction:
+class Transaction(NamedTuple):
     """A transaction read and checked for shape, with amounts in µAIT; ``document`` is
-    the JSON object exactly as hashed (a copy of what was parsed)."""
+    the JSON object exactly as hashed (a copy of what was parsed). Immutable; a named
+    tuple rather than a frozen dataclass because a verifier builds one per transaction
+    and a tuple is three times quicker to make."""
 
     id: str
     tx_type: TxType

@@ -926,6 +926,10 @@ class ChainSource(Protocol):
     async def account_keys(self, owner: str) -> KeyRing:
         """The keys ``owner`` registered (empty when none)."""
 
+    async def accounts_keys(self, owners: Sequence[str]) -> Mapping[str, KeyRing] | None:
+        """The keys each of ``owners`` registered, in as few requests as the source
+        allows; None when it serves one owner at a time."""
+
 
 def _skip_sniffio_search() -> None:
     """httpcore 1.x runs ``import sniffio`` each time it makes a lock, several times a
@@ -934,6 +938,10 @@ def _skip_sniffio_search() -> None:
     import fail at once, as it would anyway."""
     if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
         sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
+# Owners whose keys one ``GET /v1/keys`` asks for (the coordinator's limit).
+KEYS_PER_REQUEST = 100
 
 
 class HttpChainSource:
@@ -1073,6 +1081,24 @@ class HttpChainSource:
             return ReceiptEvidence(None, None, refused="malformed_answer", detail=str(document))
         return ReceiptEvidence(document.get("receipt"), document.get("proof"))
 
+    async def accounts_keys(self, owners: Sequence[str]) -> Mapping[str, KeyRing] | None:
+        """``GET /v1/keys?owner=…&owner=…``, up to :data:`KEYS_PER_REQUEST` owners a
+        request (what cannot be an address has no keys and is not asked for)."""
+        wanted = [owner for owner in owners if _ADDRESS.fullmatch(owner)]
+        found: dict[str, KeyRing] = {owner: KeyRing() for owner in owners}
+        for start in range(0, len(wanted), KEYS_PER_REQUEST):
+            batch = wanted[start : start + KEYS_PER_REQUEST]
+            document = await self._json("/v1/keys", {"owner": batch})
+            if document is None:
+                continue
+            try:
+                ring = KeyRing.from_document(document)
+            except VerificationFailed as exc:
+                raise ChainSourceError(f"GET /v1/keys (owners): {exc.detail}") from exc
+            for owner in batch:
+                found[owner] = ring.owned_by(owner)
+        return found
+
     async def account_keys(self, owner: str) -> KeyRing:
         """``GET /v1/keys?owner=…`` (no request for what cannot be an address: such an
         account could not have registered a key)."""
@@ -1166,6 +1192,7 @@ class _Downloads:
         self._scheduled = self._due = self._shipped_up_to = start
         self._pages: dict[int, asyncio.Task[Mapping[int, BlockListing]]] = {}
         self._key_tasks: dict[str, asyncio.Task[KeyRing]] = {}
+        self._key_batches: dict[str, asyncio.Task[Mapping[str, KeyRing]]] = {}
         self._receipt_slots = asyncio.Semaphore(max(1, receipt_concurrency))
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -1187,11 +1214,34 @@ class _Downloads:
         return task
 
     async def _keys_of(self, owner: str) -> None:
+        batch = self._key_batches.get(owner)
+        if batch is not None:
+            keys = (await batch).get(owner)
+            if keys is not None:
+                self.account_keys[owner] = keys
+                return
         task = self._key_tasks.get(owner)
         if task is None:
             task = self._task(self.source.account_keys(owner))
             self._key_tasks[owner] = task
         self.account_keys[owner] = await task
+
+    def _batch_keys(self, senders: list[str]) -> None:
+        """Ask for the keys of every sender not asked for yet, in one batch."""
+        missing = [
+            sender
+            for sender in senders
+            if sender not in self.account_keys
+            and sender not in self._key_batches
+            and sender not in self._key_tasks
+        ]
+        if missing:
+            batch = self._task(self._fetch_batch(missing))
+            for sender in missing:
+                self._key_batches[sender] = batch
+
+    async def _fetch_batch(self, owners: list[str]) -> Mapping[str, KeyRing]:
+        return await self.source.accounts_keys(owners) or {}
 
     async def _receipt(self, receipt_id: str) -> tuple[str, ReceiptEvidence | None]:
         async with self._receipt_slots:
@@ -1247,6 +1297,7 @@ class _Downloads:
         extras: asyncio.Task[None] | None = None
         if documents:
             senders, receipt_ids = needs(documents)
+            self._batch_keys(sorted(senders))
             waits: list[asyncio.Task[Any]] = [
                 self._task(self._keys_of(sender))
                 for sender in senders

@@ -30,6 +30,7 @@ import os
 import stat
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -304,9 +305,11 @@ def _publish_if_unknown(connection: Connection, key: SigningKey, now: datetime) 
         _publish(connection, key, now)
 
 
-async def published(runtime: Runtime, owner: str | None = None) -> dict[str, Any]:
-    """The ``GET /v1/keys`` document: coordinator keys, or one owner's keys."""
-    rows = await read(runtime.engine, receipt_queries.keys_of, owner or COORDINATOR_OWNER)
+async def published(runtime: Runtime, owner: str | Sequence[str] | None = None) -> dict[str, Any]:
+    """The ``GET /v1/keys`` document: coordinator keys, or the keys of one owner (or
+    of several, oldest first)."""
+    owners = [owner or COORDINATOR_OWNER] if owner is None or isinstance(owner, str) else owner
+    rows = await read(runtime.engine, receipt_queries.keys_of_owners, owners)
     return KeyRing(record_of(row) for row in rows).to_document()
 
 

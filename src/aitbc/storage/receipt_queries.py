@@ -83,6 +83,14 @@ def keys_of(connection: Connection, owner: str | None = None) -> Sequence[Row[An
     return connection.execute(statement).all()
 
 
+def keys_of_owners(connection: Connection, owners: Sequence[str]) -> Sequence[Row[Any]]:
+    """The published keys of several owners, oldest first."""
+    statement = (
+        select(KEYS).where(K.owner.in_(sorted(set(owners)))).order_by(K.valid_from, K.key_id)
+    )
+    return connection.execute(statement).all()
+
+
 def key_by_id(connection: Connection, key_id: str) -> Row[Any] | None:
     """One published key."""
     return connection.execute(select(KEYS).where(K.key_id == key_id)).first()

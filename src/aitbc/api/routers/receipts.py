@@ -4,6 +4,7 @@ verifiers pin."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -11,10 +12,13 @@ from starlette.responses import Response
 
 from aitbc.api.deps import PrincipalDep, RuntimeDep
 from aitbc.api.responses import JSONDocument
+from aitbc.errors import ValidationFailed
 from aitbc.schemas import MINER_ID_PATTERN, KeyList, Receipt, ReceiptBundle
 from aitbc.services import keys, receipts
 
 router = APIRouter(tags=["Receipts"])
+MAX_OWNERS = 100
+_OWNER = re.compile(MINER_ID_PATTERN)
 
 ReceiptId = Annotated[str, Path(max_length=64, pattern=r"^[^\x00]+$")]
 Filter = Annotated[str | None, Query(max_length=128, pattern=r"^[^\x00]+$")]
@@ -67,8 +71,14 @@ async def get_receipt_bundle(
 @router.get("/v1/keys", response_model=KeyList, tags=["Keys"])
 async def list_keys(
     runtime: RuntimeDep,
-    owner: Annotated[str | None, Query(pattern=MINER_ID_PATTERN)] = None,
+    owner: Annotated[list[str] | None, Query(max_length=MAX_OWNERS)] = None,
 ) -> JSONDocument:
     """Public keys that sign receipts: the coordinator's, current and retired, with the
-    period each was valid; ``?owner=<miner_id>`` lists a miner's registered keys."""
+    period each was valid; ``?owner=<address>`` lists an account's registered keys
+    (a miner's sign its results, a client's its transfers), and ``owner`` repeated
+    (up to 100) lists several accounts' keys at once, as verifiers fetch them."""
+    if owner is not None:
+        bad = [name for name in owner if not _OWNER.fullmatch(name)]
+        if bad:
+            raise ValidationFailed(f"owner {bad[0]!r} is not an address")
     return JSONDocument(await keys.published(runtime, owner))
