@@ -907,3 +907,41 @@ def test_document_bytes_equal_rfc8785_of_the_whole_transaction(
     signature = {"alg": "ed25519", "key_id": "0" * 16, "sig": "A" * 86} if signed else None
     document = finish_transaction(body, signature)
     assert document_bytes(document) == rfc8785.dumps(document)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    amount=st.integers(min_value=0, max_value=10**15),
+    ref=st.none() | st.text(max_size=20),
+    nonce=st.none() | st.integers(min_value=0, max_value=2**53 - 1),
+    receipt=st.none() | st.text(min_size=1, max_size=10),
+    signed=st.booleans(),
+)
+def test_encode_transaction_is_finish_plus_rfc8785(
+    amount: int, ref: str | None, nonce: int | None, receipt: str | None, signed: bool
+) -> None:
+    from aitbc.domain.ledger import encode_transaction
+
+    extra: dict[str, object] = {}
+    if nonce is not None:
+        extra["nonce"] = nonce
+    if receipt is not None:
+        extra["receipt_id"] = receipt
+    body = transaction_body(
+        tx_type=TxType.TRANSFER,
+        sender="client_a",
+        recipient="client_é",
+        amount_micro=amount,
+        fee_micro=0,
+        ref=ref,
+        timestamp=1_770_000_000,
+        extra=extra or None,
+    )
+    signature = {"alg": "ed25519", "key_id": "0" * 16, "sig": "A" * 86} if signed else None
+    document, encoded = encode_transaction(body, signature)
+    assert document == finish_transaction(body, signature)
+    assert encoded == rfc8785.dumps(document)
+    # A member outside the schema takes the library's path, with the same result.
+    odd = {**body, "memo": "x"}
+    document, encoded = encode_transaction(odd)
+    assert encoded == rfc8785.dumps(document) and document["id"] == transaction_id(odd)

@@ -21,8 +21,7 @@ from aitbc.domain.ledger import (
     ESCROW,
     TREASURY,
     TxType,
-    document_bytes,
-    finish_transaction,
+    encode_transaction,
     transaction_body,
 )
 from aitbc.domain.payment import Settlement
@@ -53,7 +52,7 @@ def new_transaction(
         timestamp=timestamp,
         extra=extra,
     )
-    document = finish_transaction(body, signature)
+    document, encoded = encode_transaction(body, signature)
     nonce = document.get("nonce")
     return NewTransaction(
         id=document["id"],
@@ -64,7 +63,7 @@ def new_transaction(
         fee_micro=fee_micro,
         ref=ref,
         timestamp=timestamp,
-        document=document_bytes(document).decode("utf-8"),
+        document=encoded.decode("utf-8"),
         nonce=nonce if isinstance(nonce, int) else None,
     )
 
