@@ -2,7 +2,9 @@
 
 1. Starts ``aitbc serve`` once on a fresh SQLite database (or ``--database-url``) so it
    migrates, writes its signing key and seals genesis, and registers ``--clients``
-   clients through HTTP (each gets the starting grant: one ``mint``). Stops it.
+   clients through HTTP (each gets the starting grant: one ``mint``), and with
+   ``--jobs N`` runs N paid no-op jobs over HTTP (a hold, a receipt's anchor, a release
+   and a refund each: receipts for the verifier to check). Stops it.
 2. Appends ``--transactions`` transfers between those clients straight into the
    database through the coordinator's own write path (``services.payment`` and
    ``storage.ledger_queries``: balances and transaction rows in one database
@@ -53,6 +55,7 @@ def _serve(port: int, data_dir: Path, database_url: str | None) -> subprocess.Po
         "AITBC_MINER_RATE_LIMIT": "",
         "AITBC_LOG_LEVEL": "warning",
         "AITBC_BLOCK_INTERVAL_SECONDS": "1",
+        "AITBC_CLIENT_GRANT": "1000000",
     }
     command = [sys.executable, "-m", "aitbc.cli.main", "serve", "--port", str(port)]
     command += ["--data-dir", str(data_dir)]
@@ -127,6 +130,48 @@ async def _append_transfers(database_url: str, clients: list[str], count: int, s
         await engine.dispose()
 
 
+async def _paid_jobs(base: str, count: int, workers: int = 8) -> None:
+    """``count`` paid no-op jobs, submitted, claimed and completed over HTTP: each
+    leaves a hold, a receipt's anchor, a release and a refund on the chain."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        client = (await http.post("/v1/clients/register", json={})).json()["api_key"]
+        miner = (
+            await http.post(
+                "/v1/miners/register",
+                json={"miner_id": "bench-miner", "capabilities": ["bench"], "price": 0.01,
+                      "concurrency": workers},
+            )
+        ).json()["api_key"]  # fmt: skip
+        queue = iter(range(count))
+
+        async def worker() -> None:
+            for _ in queue:
+                job = await http.post(
+                    "/v1/jobs",
+                    json={"prompt": "noop", "model": "bench", "params": {"max_tokens": 8}},
+                    headers={"X-Api-Key": client},
+                )
+                job_id = job.json()["job_id"]
+                claimed = await http.post(
+                    f"/v1/jobs/{job_id}/claim",
+                    json={"miner_id": "bench-miner"},
+                    headers={"X-Api-Key": miner},
+                )
+                assert claimed.status_code == 200, claimed.text
+                done = await http.post(
+                    f"/v1/jobs/{job_id}/complete",
+                    json={
+                        "miner_id": "bench-miner",
+                        "result": "ok",
+                        "usage": {"prompt_tokens": 2, "completion_tokens": 1},
+                    },
+                    headers={"X-Api-Key": miner},
+                )
+                assert done.status_code == 200, done.text
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+
+
 def _pending(base: str) -> int:
     stats = httpx.get(f"{base}/v1/explorer/stats", timeout=30).json()
     return int(stats["pending_transactions"])
@@ -146,7 +191,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     http.post("/v1/clients/register", json={}).json()["client_id"]
                     for _ in range(args.clients)
                 ]
-                while _pending(base):  # the grants: sealed before the backlog is written
+                if args.jobs:
+                    asyncio.run(_paid_jobs(base, args.jobs))
+                while _pending(base):  # sealed before the backlog is written
                     time.sleep(0.05)
         finally:
             _stop(process)
@@ -217,6 +264,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--transactions", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument(
+        "--jobs", type=int, default=0, help="paid jobs first (each anchors a receipt)"
+    )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--database-url", default=None)

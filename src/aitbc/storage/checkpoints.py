@@ -19,7 +19,7 @@ import threading
 
 log = logging.getLogger(__name__)
 
-INTERVAL_SECONDS = 0.25
+INTERVAL_SECONDS = 1.0
 # The event loop's connection still checkpoints if the WAL reaches this many pages
 # (40 MB), so the WAL stays bounded even if the thread cannot keep up.
 SAFETY_NET_PAGES = 10_000

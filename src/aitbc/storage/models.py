@@ -297,7 +297,13 @@ class LedgerTransaction(Base):
             unique=True,
         ),
         _partial("ix_ledger_transactions_pending", "block_height IS NULL", "seq"),
-        Index("ix_ledger_transactions_block", "block_height", "position"),
+        # Sealed rows only: a pending row is written to it once, by the sealer.
+        _partial(
+            "ix_ledger_transactions_block",
+            "block_height IS NOT NULL",
+            "block_height",
+            "position",
+        ),
         Index("ix_ledger_transactions_sender_seq", "sender", "seq"),
         Index("ix_ledger_transactions_recipient_seq", "recipient", "seq"),
         # A receipt's anchor, found by the receipt's hash.

@@ -52,8 +52,13 @@ def upgrade() -> None:
         sqlite_where=sa.text(pending),
         postgresql_where=sa.text(pending),
     )
+    sealed = "block_height IS NOT NULL"
     op.create_index(
-        "ix_ledger_transactions_block", "ledger_transactions", ["block_height", "position"]
+        "ix_ledger_transactions_block",
+        "ledger_transactions",
+        ["block_height", "position"],
+        sqlite_where=sa.text(sealed),
+        postgresql_where=sa.text(sealed),
     )
     op.create_index("ix_ledger_transactions_sender_seq", "ledger_transactions", ["sender", "seq"])
     op.create_index(
