@@ -89,9 +89,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 async def _append_transfers(database_url: str, clients: list[str], count: int, seed: int) -> None:
     """``count`` transfers between ``clients``, written as the coordinator writes them."""
     from aitbc.domain.ledger import TxType
-    from aitbc.services.payment import new_transaction
+    from aitbc.services.payment import new_transaction, record
     from aitbc.settings import to_async_url
-    from aitbc.storage import db, ledger_queries
+    from aitbc.storage import db
 
     engine = db.create_engine(to_async_url(database_url))
     rng = random.Random(seed)
@@ -101,31 +101,20 @@ async def _append_transfers(database_url: str, clients: list[str], count: int, s
         for start in range(0, count, BATCH):
             size = min(BATCH, count - start)
             batch = []
-            changes: dict[str, list[int]] = {}
             for _ in range(size):
                 sender, recipient = rng.sample(clients, 2)
-                amount = rng.randint(1, 1_000)  # µAIT: far below any balance
                 nonce += 1
                 batch.append(
                     new_transaction(
                         TxType.TRANSFER,
                         sender=sender,
                         recipient=recipient,
-                        amount_micro=amount,
+                        amount_micro=rng.randint(1, 1_000),  # µAIT: far below any balance
                         timestamp=now,
                         extra={"nonce": nonce},
                     )
                 )
-                changes.setdefault(sender, [0, 0])[0] -= amount
-                changes.setdefault(recipient, [0, 0])[0] += amount
-
-            def work(connection: Any, batch: Any = batch, changes: Any = changes) -> None:
-                ledger_queries.change_balances(
-                    connection, {a: (d, h) for a, (d, h) in changes.items()}
-                )
-                ledger_queries.append_transactions(connection, batch)
-
-            await db.transaction(engine, work)
+            await db.transaction(engine, record, batch)
     finally:
         await engine.dispose()
 

@@ -543,6 +543,22 @@ def tx_root(tx_ids: Sequence[str]) -> str:
     return merkle.root_of_leaf_hashes([sha256(b"\x00" + raw).digest() for raw in raws]).hex()
 
 
+def balance_deltas(
+    sender: str | None, recipient: str | None, amount_micro: int, fee_micro: int
+) -> dict[str, int]:
+    """The replay rule as balance changes: ``from`` loses amount + fee, ``to`` gains
+    amount, ``treasury`` gains fee (the same for every type). What the verifier
+    replays and what the coordinator writes to live balances come from here."""
+    deltas: dict[str, int] = {}
+    if sender is not None:
+        deltas[sender] = -(amount_micro + fee_micro)
+    if recipient is not None:
+        deltas[recipient] = deltas.get(recipient, 0) + amount_micro
+    if fee_micro:
+        deltas[TREASURY] = deltas.get(TREASURY, 0) + fee_micro
+    return deltas
+
+
 class LedgerState:
     """Balances (µAIT) replayed from genesis, with total supply and fees collected.
 
@@ -590,13 +606,7 @@ class LedgerState:
         amount, fee = tx.amount_micro, tx.fee_micro
         if tx.tx_type is TxType.MINT and self.supply_micro + amount > MAX_SUPPLY_MICRO:
             raise _invalid(tx, "the mint would take total supply beyond 10^9 AIT")
-        deltas: dict[str, int] = {}
-        if tx.sender is not None:
-            deltas[tx.sender] = -(amount + fee)
-        if tx.recipient is not None:
-            deltas[tx.recipient] = deltas.get(tx.recipient, 0) + amount
-        if fee:
-            deltas[TREASURY] = deltas.get(TREASURY, 0) + fee
+        deltas = balance_deltas(tx.sender, tx.recipient, amount, fee)
         balances = self.balances
         after: list[tuple[str, int]] = []
         for address, delta in deltas.items():

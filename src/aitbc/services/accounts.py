@@ -129,10 +129,7 @@ async def transfer(
                 error_code="missing_signature",
             )
         check_sender_signature(parsed, keys)
-        ledger_queries.change_balances(
-            connection, {sender: (-amount_micro, 0), recipient: (amount_micro, 0)}
-        )
-        ledger_queries.append_transactions(connection, [tx])
+        payment.record(connection, [tx])
         return tx
 
     try:

@@ -11,7 +11,7 @@ whichever conditional transition ends the job, and only one can: exactly once.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -19,12 +19,14 @@ from sqlalchemy import Connection
 from aitbc.domain.canonical import sha256_hex
 from aitbc.domain.ledger import (
     ESCROW,
-    TREASURY,
     TxType,
+    balance_deltas,
     encode_transaction,
     transaction_body,
 )
+from aitbc.domain.money import MAX_SUPPLY_MICRO
 from aitbc.domain.payment import Settlement
+from aitbc.errors import InsufficientFunds
 from aitbc.storage import ledger_queries
 from aitbc.storage.ledger_queries import NewTransaction
 
@@ -74,6 +76,29 @@ def document_of(tx: NewTransaction) -> dict[str, Any]:
     return document
 
 
+def record(
+    connection: Connection,
+    transactions: Sequence[NewTransaction],
+    held: Mapping[str, int] | None = None,
+) -> None:
+    """Apply ``transactions`` to the live balances, as the replay rule says
+    (``domain.ledger.balance_deltas``: derived, so balances and the ledger cannot
+    disagree), with ``held`` added to what addresses hold in escrow, and append them.
+    :class:`InsufficientFunds` (the transaction must roll back) when a balance would
+    go below zero."""
+    changes: dict[str, tuple[int, int]] = {
+        address: (0, delta) for address, delta in (held or {}).items()
+    }
+    for tx in transactions:
+        for address, delta in balance_deltas(
+            tx.sender, tx.recipient, tx.amount_micro, tx.fee_micro
+        ).items():
+            balance, in_escrow = changes.get(address, (0, 0))
+            changes[address] = (balance + delta, in_escrow)
+    ledger_queries.change_balances(connection, changes)
+    ledger_queries.append_transactions(connection, transactions)
+
+
 def mint(
     connection: Connection, address: str, amount_micro: int, timestamp: int, ref: str
 ) -> NewTransaction:
@@ -87,9 +112,29 @@ def mint(
         timestamp=timestamp,
         ref=ref,
     )
-    ledger_queries.change_balances(connection, {address: (amount_micro, 0)})
-    ledger_queries.append_transactions(connection, [tx])
+    record(connection, [tx])
     return tx
+
+
+def _escrow(
+    tx_type: TxType,
+    sender: str,
+    recipient: str,
+    amount_micro: int,
+    job_id: str,
+    timestamp: int,
+    fee_micro: int = 0,
+) -> NewTransaction:
+    """An escrow transaction of a job (its ``ref`` is the job id)."""
+    return new_transaction(
+        tx_type,
+        sender=sender,
+        recipient=recipient,
+        amount_micro=amount_micro,
+        fee_micro=fee_micro,
+        ref=job_id,
+        timestamp=timestamp,
+    )
 
 
 def hold_for_job(
@@ -97,48 +142,22 @@ def hold_for_job(
 ) -> None:
     """Move a job's hold from its client into escrow; :class:`InsufficientFunds` (the
     transaction must roll back) when the client's balance is short."""
-    if hold_micro == 0:
-        return
-    ledger_queries.change_balances(
-        connection, {client_id: (-hold_micro, hold_micro), ESCROW: (hold_micro, 0)}
-    )
-    ledger_queries.append_transactions(
-        connection,
-        [
-            new_transaction(
-                TxType.ESCROW_HOLD,
-                sender=client_id,
-                recipient=ESCROW,
-                amount_micro=hold_micro,
-                ref=job_id,
-                timestamp=timestamp,
-            )
-        ],
-    )
+    if hold_micro > MAX_SUPPLY_MICRO:  # no balance can cover it (nor a transaction say it)
+        raise InsufficientFunds(
+            "the job may cost more than the whole AIT supply", error_code="insufficient_funds"
+        )
+    if hold_micro:
+        hold = _escrow(TxType.ESCROW_HOLD, client_id, ESCROW, hold_micro, job_id, timestamp)
+        record(connection, [hold], held={client_id: hold_micro})
 
 
 def refund_job(
     connection: Connection, client_id: str, job_id: str, hold_micro: int | None, timestamp: int
 ) -> None:
     """Give a job's whole hold back to its client (cancel, failure, timeout)."""
-    if not hold_micro:
-        return
-    ledger_queries.change_balances(
-        connection, {client_id: (hold_micro, -hold_micro), ESCROW: (-hold_micro, 0)}
-    )
-    ledger_queries.append_transactions(
-        connection,
-        [
-            new_transaction(
-                TxType.ESCROW_REFUND,
-                sender=ESCROW,
-                recipient=client_id,
-                amount_micro=hold_micro,
-                ref=job_id,
-                timestamp=timestamp,
-            )
-        ],
-    )
+    if hold_micro:
+        refund = _escrow(TxType.ESCROW_REFUND, ESCROW, client_id, hold_micro, job_id, timestamp)
+        record(connection, [refund], held={client_id: -hold_micro})
 
 
 def receipt_anchor(receipt_id: str, signed_receipt: bytes, timestamp: int) -> NewTransaction:
@@ -169,47 +188,30 @@ def settle_job(
     price out of escrow (the miner's share to the miner, the fee to ``treasury``)
     and the rest of the hold back to the client."""
     transactions = [anchor]
-    if hold_micro and settlement is not None:
-        ledger_queries.change_balances(
-            connection,
-            _merge(
-                (client_id, settlement.refund_micro, -hold_micro),
-                (miner_id, settlement.miner_micro, 0),
-                (TREASURY, settlement.fee_micro, 0),
-                (ESCROW, -hold_micro, 0),
-            ),
+    if not hold_micro or settlement is None:
+        record(connection, transactions)
+        return
+    if settlement.price_micro:
+        transactions.append(
+            _escrow(
+                TxType.ESCROW_RELEASE,
+                ESCROW,
+                miner_id,
+                settlement.miner_micro,
+                job_id,
+                timestamp,
+                fee_micro=settlement.fee_micro,
+            )
         )
-        if settlement.price_micro:
-            transactions.append(
-                new_transaction(
-                    TxType.ESCROW_RELEASE,
-                    sender=ESCROW,
-                    recipient=miner_id,
-                    amount_micro=settlement.miner_micro,
-                    fee_micro=settlement.fee_micro,
-                    ref=job_id,
-                    timestamp=timestamp,
-                )
+    if settlement.refund_micro:
+        transactions.append(
+            _escrow(
+                TxType.ESCROW_REFUND,
+                ESCROW,
+                client_id,
+                settlement.refund_micro,
+                job_id,
+                timestamp,
             )
-        if settlement.refund_micro:
-            transactions.append(
-                new_transaction(
-                    TxType.ESCROW_REFUND,
-                    sender=ESCROW,
-                    recipient=client_id,
-                    amount_micro=settlement.refund_micro,
-                    ref=job_id,
-                    timestamp=timestamp,
-                )
-            )
-    ledger_queries.append_transactions(connection, transactions)
-
-
-def _merge(*changes: tuple[str, int, int]) -> dict[str, tuple[int, int]]:
-    """Balance and held deltas by address, adding up an address named twice (a
-    client paying a job it ran as its own miner cannot happen, but the sum is right)."""
-    merged: dict[str, tuple[int, int]] = {}
-    for address, delta, held in changes:
-        old_delta, old_held = merged.get(address, (0, 0))
-        merged[address] = (old_delta + delta, old_held + held)
-    return merged
+        )
+    record(connection, transactions, held={client_id: -hold_micro})

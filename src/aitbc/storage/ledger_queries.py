@@ -286,47 +286,12 @@ def transaction_by_id(connection: Connection, tx_id: str) -> StoredTransaction |
     return None if row is None else StoredTransaction.from_row(row)
 
 
-def block_transactions(connection: Connection, height: int) -> list[StoredTransaction]:
-    """A sealed block's transactions in block order."""
-    statement = select(TRANSACTIONS).where(T.block_height == height).order_by(T.position)
-    return [StoredTransaction.from_row(row) for row in connection.execute(statement)]
-
-
-def transaction_page(
-    connection: Connection,
-    *,
-    limit: int,
-    before_seq: int | None = None,
-    address: str | None = None,
-    tx_type: str | None = None,
-) -> list[StoredTransaction]:
-    """Transactions newest first, optionally those of one address or one type."""
-    statement = select(TRANSACTIONS)
-    if before_seq is not None:
-        statement = statement.where(T.seq < before_seq)
-    if address is not None:
-        statement = statement.where(or_(T.sender == address, T.recipient == address))
-    if tx_type is not None:
-        statement = statement.where(T.type == tx_type)
-    statement = statement.order_by(T.seq.desc()).limit(limit)
-    return [StoredTransaction.from_row(row) for row in connection.execute(statement)]
-
-
 def transaction_count(connection: Connection, address: str | None = None) -> int:
     """How many transactions there are (of one address, when given)."""
     statement = select(func.count()).select_from(TRANSACTIONS)
     if address is not None:
         statement = statement.where(or_(T.sender == address, T.recipient == address))
     return int(connection.execute(statement).scalar_one())
-
-
-def ledger_totals(connection: Connection) -> tuple[int, int]:
-    """Total supply (every mint) and total fees, in µAIT."""
-    minted = connection.execute(
-        select(func.coalesce(func.sum(T.amount_micro), 0)).where(T.type == "mint")
-    ).scalar_one()
-    fees = connection.execute(select(func.coalesce(func.sum(T.fee_micro), 0))).scalar_one()
-    return int(minted), int(fees)
 
 
 # --- blocks ---------------------------------------------------------------------------
