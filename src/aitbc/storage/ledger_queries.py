@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from aitbc.errors import InsufficientFunds, NonceReused
+from aitbc.storage.driver import DriverStatement
 from aitbc.storage.models import Account, Block, ChainBalance, LedgerTransaction
 
 ACCOUNTS = cast(Table, Account.__table__)
@@ -151,13 +152,15 @@ _INSERT_ACCOUNT = insert(ACCOUNTS)
 # One statement for every balance change: run for each address in sorted order, so
 # two transactions touching the same accounts lock their rows (PostgreSQL) in the
 # same order and never deadlock.
-_CHANGE_BALANCE = (
+# On the driver's cursor (see storage.driver): every submit and completion runs it.
+_CHANGE_BALANCE = DriverStatement(
     update(ACCOUNTS)
     .where(A.address == bindparam("target"))
     .values(
         balance_micro=A.balance_micro + bindparam("delta", type_=ACCOUNTS.c.balance_micro.type),
         held_micro=A.held_micro + bindparam("held_delta", type_=ACCOUNTS.c.held_micro.type),
-    )
+    ),
+    ("target", "delta", "held_delta"),
 )
 
 
@@ -183,14 +186,12 @@ def change_balances(connection: Connection, changes: Mapping[str, tuple[int, int
     always do).
     """
     rows = [
-        {"target": address, "delta": delta, "held_delta": held}
+        (address, delta, held)
         for address, (delta, held) in sorted(changes.items())
         if delta or held
     ]
-    if not rows:
-        return
     try:
-        connection.execute(_CHANGE_BALANCE, rows)
+        _CHANGE_BALANCE.executemany(connection, rows)
     except IntegrityError as exc:
         if _violates(exc, NEGATIVE_BALANCE_CONSTRAINT):
             raise InsufficientFunds(
@@ -212,7 +213,20 @@ def total_balance(connection: Connection) -> int:
 
 # --- transactions ---------------------------------------------------------------------
 
-_INSERT_TRANSACTION = insert(TRANSACTIONS)
+_TRANSACTION_COLUMNS = (
+    "id",
+    "type",
+    "sender",
+    "recipient",
+    "amount_micro",
+    "fee_micro",
+    "ref",
+    "timestamp",
+    "nonce",
+    "document",
+)
+# On the driver's cursor (see storage.driver): every job step that moves money runs it.
+_INSERT_TRANSACTION = DriverStatement(insert(TRANSACTIONS), _TRANSACTION_COLUMNS)
 
 
 def append_transactions(connection: Connection, transactions: Sequence[NewTransaction]) -> None:
@@ -220,27 +234,23 @@ def append_transactions(connection: Connection, transactions: Sequence[NewTransa
 
     Raises :class:`NonceReused` when a transfer's nonce was used by its sender before.
     """
-    if not transactions:
-        return
     rows = [
-        {
-            "id": tx.id,
-            "type": tx.type,
-            "sender": tx.sender,
-            "recipient": tx.recipient,
-            "amount_micro": tx.amount_micro,
-            "fee_micro": tx.fee_micro,
-            "ref": tx.ref,
-            "timestamp": tx.timestamp,
-            "nonce": tx.nonce,
-            "document": tx.document,
-            "block_height": None,
-            "position": None,
-        }
+        (
+            tx.id,
+            tx.type,
+            tx.sender,
+            tx.recipient,
+            tx.amount_micro,
+            tx.fee_micro,
+            tx.ref,
+            tx.timestamp,
+            tx.nonce,
+            tx.document,
+        )
         for tx in transactions
     ]
     try:
-        connection.execute(_INSERT_TRANSACTION, rows)
+        _INSERT_TRANSACTION.executemany(connection, rows)
     except IntegrityError as exc:
         if _violates(exc, NONCE_CONSTRAINT):
             raise NonceReused(
@@ -261,23 +271,19 @@ def pending_transactions(connection: Connection, limit: int) -> list[StoredTrans
     ]
 
 
-_MARK_SEALED = (
+_MARK_SEALED = DriverStatement(
     update(TRANSACTIONS)
     .where(T.seq == bindparam("target_seq"), T.block_height.is_(None))
-    .values(block_height=bindparam("height"), position=bindparam("index"))
+    .values(block_height=bindparam("height"), position=bindparam("index")),
+    ("height", "index", "target_seq"),
 )
 
 
 def mark_sealed(connection: Connection, height: int, sequence_numbers: Sequence[int]) -> None:
     """Put transactions (by append number, in block order) into block ``height``."""
-    if sequence_numbers:
-        connection.execute(
-            _MARK_SEALED,
-            [
-                {"target_seq": seq, "height": height, "index": index}
-                for index, seq in enumerate(sequence_numbers)
-            ],
-        )
+    _MARK_SEALED.executemany(
+        connection, [(height, index, seq) for index, seq in enumerate(sequence_numbers)]
+    )
 
 
 def transaction_by_id(connection: Connection, tx_id: str) -> StoredTransaction | None:
