@@ -278,11 +278,25 @@ class KeyList(BaseModel):
     keys: list[PublicKeyInfo]
 
 
+MAX_STREAM_DELTA_CHARS = 65_536
+
+
 class ProgressReport(StrictRequest):
-    """How far a running job has got (0-100)."""
+    """How far a running job has got (0-100) and, optionally, the text generated since
+    the last report (``delta``), which starts at character ``offset`` of the output
+    (DESIGN.md section 9): a report sent twice, or overlapping what was taken, is taken
+    once; one that skips text is a 409 ``stream_gap`` saying where to resume."""
 
     miner_id: str = Field(pattern=MINER_ID_PATTERN)
     progress: int = Field(ge=0, le=100)
+    delta: str | None = Field(default=None, min_length=1, max_length=MAX_STREAM_DELTA_CHARS)
+    offset: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _delta_with_offset(self) -> ProgressReport:
+        if (self.delta is None) != (self.offset is None):
+            raise ValueError("'delta' and 'offset' go together")
+        return self
 
 
 class ProgressAck(BaseModel):
@@ -292,6 +306,9 @@ class ProgressAck(BaseModel):
     status: JobStatus
     progress: int
     should_stop: bool
+    streamed: int = Field(
+        default=0, description="characters of the output the coordinator holds (this attempt)"
+    )
 
 
 class FailureReport(StrictRequest):

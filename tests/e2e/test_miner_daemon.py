@@ -919,3 +919,49 @@ def test_concurrency_out_of_bounds_is_refused_before_start(tmp_path: Path, value
     assert finished.returncode == 2, finished
     assert b"--concurrency" in finished.stderr, finished.stderr
     assert not (tmp_path / "miner").exists()
+
+
+def read_events(response: httpx.Response) -> Iterator[tuple[float, dict[str, Any]]]:
+    """SSE events of a streamed response as they arrive: (arrival time, event)."""
+    fields: dict[str, Any] = {}
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            continue
+        if not line:
+            if fields:
+                fields["data"] = json.loads(fields["data"])
+                yield time.monotonic(), fields
+            fields = {}
+            continue
+        name, _, value = line.partition(": ")
+        fields[name] = value
+
+
+def test_a_real_generation_streams_token_by_token_to_every_reader(market: Market) -> None:
+    market.start_miner(miner_id="e2e-stream")
+    job_id = market.submit("Tell me a short story about a lighthouse.", max_tokens=48, seed=7)
+    url = f"{market.coordinator.base_url}/v1/jobs/{job_id}/stream"
+    streams: list[list[tuple[float, dict[str, Any]]]] = []
+    with httpx.Client(timeout=60) as http:
+        for _reader in range(2):
+            with http.stream("GET", url, headers=market.client_headers) as response:
+                assert response.status_code == 200
+                streams.append(list(read_events(response)))
+    job = market.job(job_id)
+    assert_generation(job, 48)
+    for events in streams:
+        assert events[-1][1]["event"] == "end"
+        end = events[-1][1]["data"]
+        assert end["status"] == "completed"
+        assert end["usage"]["completion_tokens"] == job["usage"]["completion_tokens"]
+        receipt = market.get(f"/v1/jobs/{job_id}/receipt")
+        assert (end["receipt_id"], end["price"]) == (receipt["receipt_id"], receipt["price"])
+        tokens = [event for _at, event in events if event["event"] == "token"]
+        assert "".join(event["data"]["text"] for event in tokens) == job["result"]
+        assert all(event["event"] != "reset" for _at, event in events)
+    # The first reader followed the job live: many pieces, spread over the generation
+    # (the miner sends new text as soon as it has some, not twice a second).
+    live = [at for at, event in streams[0] if event["event"] == "token"]
+    assert len(live) >= 8, streams[0]
+    # The second came after the end: the same pieces, from the database.
+    assert [e for _a, e in streams[1]] == [e for _a, e in streams[0]]

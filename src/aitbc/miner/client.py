@@ -167,12 +167,23 @@ class CoordinatorClient:
         job: dict[str, Any] = response.json()
         return job
 
-    async def progress(self, job_id: str, miner_id: str, percent: int) -> bool:
-        """Report progress; True when the miner must stop the job."""
-        response = await self._call(
-            "POST", f"/v1/jobs/{job_id}/progress", json={"miner_id": miner_id, "progress": percent}
-        )
-        return bool(response.json()["should_stop"])
+    async def progress(
+        self,
+        job_id: str,
+        miner_id: str,
+        percent: int,
+        delta: tuple[int, str] | None = None,
+    ) -> dict[str, Any]:
+        """Report progress, and ``delta`` (``(offset, text)``: the output's characters
+        from ``offset``) when there is new text; the coordinator's acknowledgement
+        (``should_stop``: the miner must stop the job; ``streamed``: the output's
+        characters it holds)."""
+        body: dict[str, Any] = {"miner_id": miner_id, "progress": percent}
+        if delta is not None:
+            body["offset"], body["delta"] = delta
+        response = await self._call("POST", f"/v1/jobs/{job_id}/progress", json=body)
+        ack: dict[str, Any] = response.json()
+        return ack
 
     async def fail(
         self,

@@ -49,6 +49,7 @@ from aitbc.miner.backends.base import (
 )
 from aitbc.miner.client import CoordinatorClient, CoordinatorUnavailable, Refused, with_backoff
 from aitbc.miner.state import Identity, MinerState
+from aitbc.miner.streaming import OutputStream
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,12 @@ def default_miner_id() -> str:
 class _Running:
     job_id: str
     max_tokens: int
+    output: OutputStream
     control: GenerationControl = field(default_factory=GenerationControl)
     produced: int = 0
     stopped_by_coordinator: bool = False
+    # Set (on the event loop) when the engine produced text not reported yet.
+    text_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Miner:
@@ -278,8 +282,15 @@ class Miner:
     async def _run_job(self, job: dict[str, Any]) -> None:
         job_id = job["job_id"]
         request = GenerationRequest.from_job(job)
-        running = _Running(job_id, request.max_tokens)
+        running = _Running(job_id, request.max_tokens, OutputStream(request.stop))
         running.control.on_token = lambda produced: setattr(running, "produced", produced)
+        loop = asyncio.get_running_loop()
+
+        def on_text(text: str) -> None:  # called on the engine's thread
+            running.output.feed(text)
+            loop.call_soon_threadsafe(running.text_ready.set)
+
+        running.control.on_text = on_text
         self.running[job_id] = running
         reporter = asyncio.create_task(self._report_progress(running))
         try:
@@ -341,18 +352,32 @@ class Miner:
         self.backend_up.set()
 
     async def _report_progress(self, running: _Running) -> None:
+        """Report new text as soon as there is some (one report in flight at a time, so
+        text produced meanwhile travels together in the next), and the percentage at
+        least every ``progress_seconds``."""
         reported = -1
         while True:
-            await asyncio.sleep(self.config.progress_seconds)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.progress_seconds):
+                    await running.text_ready.wait()
+            running.text_ready.clear()
             percent = min(99, 100 * running.produced // max(1, running.max_tokens))
-            if percent == reported and not self.stopping.is_set():
+            delta = running.output.pending()
+            if delta is None and percent == reported and not self.stopping.is_set():
                 continue
             try:
-                should_stop = await self.client.progress(running.job_id, self.miner_id, percent)
+                ack = await self.client.progress(running.job_id, self.miner_id, percent, delta)
             except CoordinatorUnavailable:
                 continue  # the heartbeat keeps the lease; try again next tick
             except Refused as exc:
+                if exc.error_code == "stream_gap":
+                    running.output.resend_all()
+                    running.text_ready.set()
+                    continue
                 should_stop = exc.status in (404, 409)
+            else:
+                should_stop = bool(ack["should_stop"])
+                running.output.acknowledged(int(ack.get("streamed", 0)))
             reported = percent
             if should_stop:
                 running.stopped_by_coordinator = True

@@ -216,6 +216,7 @@ async def complete(
         return None
 
     receipt = await transaction(runtime.engine, work)
+    runtime.streams.notify(job_id)
     if receipt is None:
         raise Conflict("job passed its timeout before completing", error_code="job_timed_out")
     return receipt

@@ -216,6 +216,7 @@ async def cancel(runtime: Runtime, principal: Principal, job_id: str) -> JobDocu
 
     updated = await transaction(runtime.engine, work)
     runtime.dispatcher.release(job_id)
+    runtime.streams.notify(job_id)
     return job_document(updated)
 
 

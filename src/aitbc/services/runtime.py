@@ -20,6 +20,7 @@ from aitbc.domain.signing import KeyRing, SigningKey
 from aitbc.errors import ServiceUnavailable
 from aitbc.services.dispatch import Dispatcher
 from aitbc.services.estimates import EstimateCache
+from aitbc.services.stream_hub import StreamHub
 from aitbc.services.views import JobDocument
 from aitbc.settings import Settings
 
@@ -91,6 +92,8 @@ class Runtime:
     miner_keys_cache: dict[str, tuple[KeyRing, float]] = field(default_factory=dict)
     # The sealer's balances as of the last block it sealed (None: read them again).
     sealed_state: SealedState | None = None
+    # Readers of job streams in this process, woken after each change commits.
+    streams: StreamHub = field(default_factory=StreamHub)
 
     def signing_key(self) -> SigningKey:
         """The key receipts are signed with (set once the app has started)."""

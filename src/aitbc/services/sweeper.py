@@ -77,8 +77,10 @@ async def sweep_jobs(runtime: Runtime) -> dict[str, int]:
     timed_out, requeued, failed = await transaction(runtime.engine, work)
     for job_id in timed_out:
         runtime.dispatcher.release(job_id)
+        runtime.streams.notify(job_id)
     for row in requeued:
         runtime.dispatcher.publish(offer_of(row))
+        runtime.streams.notify(row.id)
     return {"timed_out": len(timed_out), "requeued": len(requeued), "failed": failed}
 
 

@@ -35,7 +35,7 @@ from aitbc.services.auth import require_miner
 from aitbc.services.dispatch import RECHECK_SECONDS, Dispatcher, Taker
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.services.views import JobDocument, job_document
-from aitbc.storage import job_queries, miner_queries
+from aitbc.storage import job_queries, miner_queries, stream_queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.job_queries import JobRecord
 
@@ -169,24 +169,59 @@ def _explain_refused_claim(
 async def report_progress(
     runtime: Runtime, principal: Principal, job_id: str, report: ProgressReport
 ) -> ProgressAck:
-    """Record progress and renew the lease; tell the miner to stop if the job ended."""
+    """Record progress and renew the lease, and store the text generated since the
+    last report; tell the miner to stop if the job ended."""
     require_miner(principal, report.miner_id)
     lease_until = runtime.clock() + timedelta(seconds=runtime.settings.lease_seconds)
 
     def work(connection: Connection) -> ProgressAck:
-        progress = job_queries.record_progress(
+        recorded = job_queries.record_progress(
             connection, job_id, report.miner_id, report.progress, lease_until
         )
-        if progress is not None:
+        if recorded is None:
+            row = held_job(connection, job_id, report.miner_id)
             return ProgressAck(
-                job_id=job_id, status=JobStatus.RUNNING, progress=progress, should_stop=False
+                job_id=job_id,
+                status=JobStatus(row.status),
+                progress=row.progress,
+                should_stop=True,
             )
-        row = held_job(connection, job_id, report.miner_id)
+        progress, attempt = recorded
+        streamed = stream_queries.streamed_length(connection, job_id, attempt)
+        if report.delta is not None and report.offset is not None:
+            streamed = _take_delta(
+                connection, job_id, attempt, streamed, report.offset, report.delta
+            )
         return ProgressAck(
-            job_id=job_id, status=JobStatus(row.status), progress=row.progress, should_stop=True
+            job_id=job_id,
+            status=JobStatus.RUNNING,
+            progress=progress,
+            should_stop=False,
+            streamed=streamed,
         )
 
-    return await transaction(runtime.engine, work)
+    ack = await transaction(runtime.engine, work)
+    if report.delta is not None:
+        runtime.streams.notify(job_id)
+    return ack
+
+
+def _take_delta(
+    connection: Connection, job_id: str, attempt: int, streamed: int, offset: int, delta: str
+) -> int:
+    """Store the part of ``delta`` (characters ``offset``.. of the output) not stored
+    yet; the stored length after. A gap (``offset`` beyond what is stored) is a 409
+    that says where to resume."""
+    if offset > streamed:
+        raise Conflict(
+            f"this text starts at character {offset} but the coordinator holds {streamed}: "
+            "send again from there",
+            error_code="stream_gap",
+        )
+    new_text = delta[streamed - offset :]
+    if not new_text:  # a report sent again: taken already
+        return streamed
+    return stream_queries.append_chunk(connection, job_id, attempt, streamed, new_text)
 
 
 async def report_failure(
@@ -226,6 +261,7 @@ async def report_failure(
         )
 
     updated = await transaction(runtime.engine, work)
+    runtime.streams.notify(job_id)
     if updated.status == JobStatus.PENDING.value:
         offer = offer_of(updated)
         runtime.dispatcher.publish(offer)

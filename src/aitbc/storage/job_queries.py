@@ -284,14 +284,15 @@ _PROGRESS = (
         ),
         lease_expires_at=bindparam("lease_until"),
     )
-    .returning(C.status, C.progress)
+    .returning(C.progress, C.attempts)
 )
 
 
 def record_progress(
     connection: Connection, job_id: str, miner_id: str, progress: int, lease_until: datetime
-) -> int | None:
-    """Raise a running job's progress (never lower it) and renew its lease."""
+) -> tuple[int, int] | None:
+    """Raise a running job's progress (never lower it) and renew its lease; its
+    progress and attempt number, or None when this miner does not run it."""
     row = (
         connection.execute(
             _PROGRESS,
@@ -303,7 +304,7 @@ def record_progress(
             },
         )
     ).first()
-    return None if row is None else int(row.progress)
+    return None if row is None else (int(row.progress), int(row.attempts))
 
 
 _INSERT = insert(JOBS).returning(JOBS)

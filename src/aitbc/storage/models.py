@@ -333,3 +333,17 @@ class ChainBalance(Base):
 
     address: Mapped[str] = mapped_column(String(128), primary_key=True)
     balance_micro: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobStreamChunk(Base):
+    """A piece of the text a running job's miner has generated, as the miner reported
+    it: characters ``start`` to ``stop`` of attempt ``attempt``'s output. A requeued
+    job starts a new attempt (its new miner generates afresh)."""
+
+    __tablename__ = "job_stream_chunks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stop: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from aitbc.api.deps import JobId, PrincipalDep, RuntimeDep
 from aitbc.api.responses import JSONDocument
 from aitbc.api.routers.receipts import receipt_response
 from aitbc.domain.jobs import JobStatus
 from aitbc.schemas import Job, JobList, JobRequest, Receipt
-from aitbc.services import jobs, receipts
+from aitbc.services import jobs, receipts, streams
 
 router = APIRouter(prefix="/v1/jobs", tags=["Jobs"])
 
@@ -60,6 +60,28 @@ async def job_history(
 async def get_job(runtime: RuntimeDep, principal: PrincipalDep, job_id: JobId) -> JSONDocument:
     """One job."""
     return JSONDocument(await jobs.get(runtime, principal, job_id))
+
+
+@router.get(
+    "/{job_id}/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def stream_job(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    job_id: JobId,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+) -> StreamingResponse:
+    """The job's output as it is generated, as Server-Sent Events (``token`` events,
+    then ``end`` with its status, usage and receipt id), until the job ends; resumed
+    after the event named by ``Last-Event-ID``."""
+    events = await streams.open_stream(runtime, principal, job_id, last_event_id)
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.get("/{job_id}/receipt", response_model=Receipt, tags=["Receipts"])

@@ -105,10 +105,14 @@ class Generation:
 @dataclass(slots=True)
 class GenerationControl:
     """How the daemon steers a running generation: a cancel flag the engine's thread
-    checks per token, and a callback told the completion-token count so far."""
+    checks per token, a callback told the completion-token count so far, and one
+    given the text generated since its last call (the job's stream; a backend that
+    cannot tell its text before the end never calls it, and the coordinator streams
+    the result at once when the job completes)."""
 
     cancelled: threading.Event = field(default_factory=threading.Event)
     on_token: Callable[[int], None] = lambda produced: None
+    on_text: Callable[[str], None] = lambda text: None
 
 
 class Backend(Protocol):

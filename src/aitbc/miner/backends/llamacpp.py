@@ -19,6 +19,7 @@ model (seven short generations: under a second for the bundled model on one thre
 from __future__ import annotations
 
 import asyncio
+import codecs
 import math
 import os
 from pathlib import Path
@@ -134,9 +135,21 @@ class LlamaCppBackend:
 
         produced = 0
         end_of_text = llm.token_eos()
+        prompt_length: int | None = None
+        # Pieces of UTF-8 as they come: a character split across tokens is held until
+        # it is whole (errors are dropped, as llama-cpp-python drops them in results).
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
 
-        def per_token(_input_ids: Any, scores: Any) -> Any:
-            nonlocal produced
+        def per_token(input_ids: Any, scores: Any) -> Any:
+            nonlocal produced, prompt_length
+            if prompt_length is None:
+                prompt_length = len(input_ids)
+            elif len(input_ids) > prompt_length:
+                # The token sampled last (the engine calls this before each next one;
+                # the final token's text reaches the stream with the result).
+                text = decoder.decode(llm.detokenize([int(input_ids[-1])]))
+                if text:
+                    control.on_text(text)
             if control.cancelled.is_set():
                 scores[:] = -math.inf
                 scores[end_of_text] = 0.0
