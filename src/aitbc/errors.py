@@ -94,9 +94,21 @@ class RateLimited(AITBCError):
 
 
 class ServiceUnavailable(AITBCError):
-    """A dependency (the database) cannot be reached right now."""
+    """A dependency (the database, or any miner for a model) is not available now;
+    ``retry_after_seconds``, when known, becomes the ``Retry-After`` header."""
 
     error_code = "service_unavailable"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        error_code: str | None = None,
+        retry_after_seconds: int | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail, error_code=error_code, **extra)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class VerificationFailed(AITBCError):

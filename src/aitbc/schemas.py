@@ -6,6 +6,7 @@ models forbid unknown fields so a typo is a 422, not a silently ignored option.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import datetime
@@ -71,10 +72,12 @@ class JobParams(StrictRequest):
         default=None, max_length=16
     )
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    mode: Literal["chat", "completion"] = Field(
+    mode: Literal["chat", "completion", "messages"] = Field(
         default="chat",
         description='"chat": the prompt is a user message in the model\'s chat template; '
-        '"completion": the prompt is continued as plain text',
+        '"completion": the prompt is continued as plain text; "messages": the prompt is a '
+        'JSON array of chat messages ({"role": "system"|"user"|"assistant", "content"}) '
+        "put in the model's chat template (what the OpenAI-compatible gateway sends)",
     )
 
 
@@ -91,6 +94,34 @@ class OutputConfig(StrictRequest):
 
     destination: Literal["local"] = "local"
     format: Literal["json", "text"] = "json"
+
+
+CHAT_ROLES = frozenset({"system", "user", "assistant"})
+
+
+def check_chat_messages(prompt: str) -> None:
+    """``ValueError`` unless ``prompt`` is a JSON array of chat messages, each exactly
+    ``{"role": "system"|"user"|"assistant", "content": <string>}``, ending with a user
+    message (what a model's chat template answers)."""
+    try:
+        messages = json.loads(prompt)
+    except ValueError:
+        raise ValueError("with mode 'messages' the prompt is a JSON array of messages") from None
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("with mode 'messages' the prompt is a non-empty JSON array")
+    for index, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or set(message) != {"role", "content"}
+            or message["role"] not in CHAT_ROLES
+            or not isinstance(message["content"], str)
+        ):
+            raise ValueError(
+                f"message {index} must be exactly {{'role': 'system'|'user'|'assistant', "
+                "'content': <string>}"
+            )
+    if messages[-1]["role"] != "user":
+        raise ValueError("the last message must be the user's")
 
 
 class JobRequest(StrictRequest):
@@ -121,6 +152,8 @@ class JobRequest(StrictRequest):
             raise ValueError("one of 'prompt' or 'input' is required")
         if self.prompt is not None and self.input is not None and self.prompt != self.input:
             raise ValueError("'prompt' and 'input' are aliases; give one of them")
+        if self.params.mode == "messages" and self.prompt is not None:
+            check_chat_messages(self.prompt)
         return self
 
     @property

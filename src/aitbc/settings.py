@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     miner_offline_after_seconds: float = Field(default=60.0, gt=0)
     max_long_poll_seconds: float = Field(default=30.0, ge=0)
     default_timeout_seconds: int = Field(default=3600, ge=1)
+    # The OpenAI-compatible gateway: how long a request waits for a miner to take its
+    # job before it is cancelled (refunded) and answered 503 with Retry-After.
+    gateway_queue_seconds: float = Field(default=30.0, gt=0, le=3600)
     max_timeout_seconds: int = Field(default=86400, ge=1)
 
     max_request_bytes: int = Field(default=1_048_576, ge=1024)

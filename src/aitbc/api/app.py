@@ -22,6 +22,7 @@ from aitbc.api.routers import (
     files,
     jobs,
     miners,
+    openai,
     receipts,
     system,
 )
@@ -107,7 +108,8 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
     app.state.runtime = runtime
     app.state.rate_limiter = rate_limiter
     install_error_handlers(app)
-    for router in (system, clients, auth, miners, jobs, receipts, files, admin, accounts, explorer):
+    routers = (system, clients, auth, miners, jobs, receipts, files, admin, accounts, explorer)
+    for router in (*routers, openai):
         app.include_router(router.router)
     app.add_middleware(AuthRateLimitMiddleware, runtime=runtime, limiter=rate_limiter)
     app.add_middleware(

@@ -30,7 +30,10 @@ async def get_principal(request: Request) -> Principal:
     """The caller; 401 without a valid ``X-Api-Key``."""
     principal = await get_optional_principal(request)
     if principal is None:
-        raise AuthenticationRequired("missing X-Api-Key header", error_code="missing_api_key")
+        raise AuthenticationRequired(
+            "missing API key (send X-Api-Key, or Authorization: Bearer)",
+            error_code="missing_api_key",
+        )
     return principal
 
 

@@ -1,4 +1,7 @@
-"""The only place errors become HTTP status codes, all in the ``{detail, error_code}`` shape."""
+"""The only place errors become HTTP status codes: in the ``{detail, error_code}`` shape,
+or, on the OpenAI-compatible routes (DESIGN.md section 9), in OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` with our ``error_code`` as ``code``
+(what OpenAI's client libraries parse into their exceptions)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aitbc import errors
+from aitbc.openai_schemas import openai_error_body
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +57,49 @@ def status_for(error: errors.AITBCError) -> int:
     return 500
 
 
+# The routes that answer in OpenAI's shapes, errors included.
+OPENAI_PATHS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions"})
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether ``path`` is one of the OpenAI-compatible routes."""
+    return path in OPENAI_PATHS or path.startswith("/v1/models/")
+
+
+def error_body(
+    path: str, status: int, detail: str, error_code: str, **extra: Any
+) -> dict[str, Any]:
+    """The error body for a request to ``path``: OpenAI's shape on its routes."""
+    if is_openai_path(path):
+        param = extra.get("param")
+        return openai_error_body(
+            status, detail, error_code, param if isinstance(param, str) else None
+        )
+    return {"detail": detail, "error_code": error_code, **extra}
+
+
 def error_response(
-    status: int, detail: str, error_code: str, headers: dict[str, str] | None = None, **extra: Any
+    status: int,
+    detail: str,
+    error_code: str,
+    headers: dict[str, str] | None = None,
+    path: str = "",
+    **extra: Any,
 ) -> JSONResponse:
-    """A JSON error body in the contract's shape."""
-    body: dict[str, Any] = {"detail": detail, "error_code": error_code, **extra}
-    return JSONResponse(body, status_code=status, headers=headers)
+    """A JSON error body in the contract's shape (OpenAI's on its routes)."""
+    return JSONResponse(
+        error_body(path, status, detail, error_code, **extra), status_code=status, headers=headers
+    )
 
 
 async def _aitbc_error(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(errors.AITBCError, exc)
     headers = None
-    if isinstance(exc, errors.RateLimited):
+    if isinstance(exc, errors.RateLimited | errors.ServiceUnavailable) and exc.retry_after_seconds:
         headers = {"Retry-After": str(exc.retry_after_seconds)}
-    return error_response(status_for(exc), exc.detail, exc.error_code, headers, **exc.extra)
+    return error_response(
+        status_for(exc), exc.detail, exc.error_code, headers, request.url.path, **exc.extra
+    )
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -76,8 +109,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(RequestValidationError, exc)
     problems = exc.errors()
+    path = request.url.path
     if any(problem.get("type") == "json_invalid" for problem in problems):
-        return error_response(400, "request body is not valid JSON", "invalid_json")
+        return error_response(400, "request body is not valid JSON", "invalid_json", path=path)
     details = [
         {
             "field": _field_path(tuple(p.get("loc", ()))),
@@ -87,6 +121,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for p in problems
     ]
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    if is_openai_path(path):  # OpenAI answers a bad parameter with 400, naming it
+        param = details[0]["field"] if details else None
+        return error_response(
+            400, summary or "invalid request", "invalid_value", path=path, param=param
+        )
     return error_response(422, summary or "invalid request", "validation_error", errors=details)
 
 
@@ -94,12 +133,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(StarletteHTTPException, exc)
     code = CODE_BY_STATUS.get(exc.status_code, "http_error")
     detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    return error_response(exc.status_code, detail, code, dict(exc.headers or {}))
+    return error_response(exc.status_code, detail, code, dict(exc.headers or {}), request.url.path)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal server error", "internal_error")
+    return error_response(500, "internal server error", "internal_error", path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -25,6 +25,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aitbc.api.errors import error_body
 from aitbc.api.rate_limits import RateLimiter
 from aitbc.errors import AITBCError
 from aitbc.services.auth import authenticate, hash_key
@@ -70,6 +71,18 @@ async def _send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
+def api_key_of(headers: Headers) -> str | None:
+    """The caller's API key: ``X-Api-Key``, or ``Authorization: Bearer <key>`` (what
+    OpenAI's clients send, DESIGN.md section 9)."""
+    secret = headers.get("x-api-key")
+    if secret:
+        return secret
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
 class AuthRateLimitMiddleware:
     """Resolve the caller's key once per request, then apply its rate limits."""
 
@@ -88,7 +101,7 @@ class AuthRateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        secret = Headers(scope=scope).get("x-api-key")
+        secret = api_key_of(Headers(scope=scope))
         state = scope.setdefault("state", {})
         principal: Principal | None = None
         if secret:
@@ -129,10 +142,12 @@ class AuthRateLimitMiddleware:
             await _send_json(
                 send,
                 429,
-                {
-                    "detail": f"rate limit exceeded ({decision.item}); retry in {retry_after} s",
-                    "error_code": "rate_limited",
-                },
+                error_body(
+                    scope["path"],
+                    429,
+                    f"rate limit exceeded ({decision.item}); retry in {retry_after} s",
+                    "rate_limited",
+                ),
                 [*headers, (b"retry-after", str(retry_after).encode())],
             )
             return
@@ -172,7 +187,9 @@ class BodyLimitsMiddleware:
             await _send_json(
                 send,
                 413,
-                {"detail": f"request body over {limit} bytes", "error_code": "payload_too_large"},
+                error_body(
+                    scope["path"], 413, f"request body over {limit} bytes", "payload_too_large"
+                ),
                 [],
             )
             return
@@ -223,7 +240,7 @@ class BodyLimitsMiddleware:
             await _send_json(
                 send,
                 408,
-                {"detail": detail, "error_code": "request_timeout"},
+                error_body(scope["path"], 408, detail, "request_timeout"),
                 [(b"connection", b"close")],
             )
 

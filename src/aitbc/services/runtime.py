@@ -94,6 +94,8 @@ class Runtime:
     sealed_state: SealedState | None = None
     # Readers of job streams in this process, woken after each change commits.
     streams: StreamHub = field(default_factory=StreamHub)
+    # Fire-and-forget work that must outlive the request that started it.
+    background_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def signing_key(self) -> SigningKey:
         """The key receipts are signed with (set once the app has started)."""

@@ -139,20 +139,53 @@ def _snapshot(
     )
 
 
-def _event(name: str, event_id: str, data: dict[str, Any]) -> bytes:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {name}\nid: {event_id}\ndata: {payload}\n\n".encode()
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One event of a job's stream: ``name`` is ``token``, ``reset`` or ``end``, or
+    None for a keep-alive (no event, just a sign of life)."""
+
+    name: str | None
+    event_id: str = ""
+    data: dict[str, Any] | None = None
+
+    def encode(self) -> bytes:
+        """The event as Server-Sent Events bytes."""
+        if self.name is None:
+            return b": keep-alive\n\n"
+        payload = json.dumps(self.data, ensure_ascii=False, separators=(",", ":"))
+        return f"event: {self.name}\nid: {self.event_id}\ndata: {payload}\n\n".encode()
+
+
+_KEEPALIVE = StreamEvent(None)
+
+
+def _event(name: str, event_id: str, data: dict[str, Any]) -> StreamEvent:
+    return StreamEvent(name, event_id, data)
+
+
+async def job_events(
+    runtime: Runtime, principal: Principal, job_id: str, last_event_id: str | None = None
+) -> AsyncIterator[StreamEvent]:
+    """The job's events from the cursor ``last_event_id`` names, until its ``end``.
+    Raises (before returning the iterator) 404 for a job the caller may not see, 400
+    for a bad id."""
+    require_role(principal, "client", "admin")
+    cursor = StreamCursor.parse(last_event_id)
+    first = await read(runtime.engine, _snapshot, principal, job_id, cursor)
+    return _events(runtime, principal, job_id, cursor, first)
 
 
 async def open_stream(
     runtime: Runtime, principal: Principal, job_id: str, last_event_id: str | None
 ) -> AsyncIterator[bytes]:
-    """The job's events from the cursor ``last_event_id`` names, as SSE bytes. Raises
-    (before the first byte) 404 for a job the caller may not see, 400 for a bad id."""
-    require_role(principal, "client", "admin")
-    cursor = StreamCursor.parse(last_event_id)
-    first = await read(runtime.engine, _snapshot, principal, job_id, cursor)
-    return _events(runtime, principal, job_id, cursor, first)
+    """:func:`job_events` as SSE bytes."""
+    events = await job_events(runtime, principal, job_id, last_event_id)
+
+    async def encoded() -> AsyncIterator[bytes]:
+        async for event in events:
+            yield event.encode()
+
+    return encoded()
 
 
 async def _events(
@@ -161,7 +194,7 @@ async def _events(
     job_id: str,
     cursor: StreamCursor,
     snapshot: _Snapshot,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[StreamEvent]:
     if cursor.ended and snapshot.end is not None:
         # Reconnected after the end (an EventSource does): the end again, to close on.
         yield _event("end", END_EVENT_ID, snapshot.end)
@@ -190,7 +223,7 @@ async def _events(
             if len(snapshot.chunks) < _CHUNKS_PER_READ:  # else more is stored: read on
                 await watch.wait_past(seen)
                 if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-                    yield b": keep-alive\n\n"
+                    yield _KEEPALIVE
                     last_sent = time.monotonic()
             seen = watch.version
             snapshot = await read(
@@ -198,7 +231,7 @@ async def _events(
             )
 
 
-async def _finish(snapshot: _Snapshot, attempt: int, offset: int) -> AsyncIterator[bytes]:
+async def _finish(snapshot: _Snapshot, attempt: int, offset: int) -> AsyncIterator[StreamEvent]:
     """The result's characters not streamed yet, then the ``end`` event."""
     end = snapshot.end or {}
     result = snapshot.result

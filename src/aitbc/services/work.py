@@ -129,6 +129,7 @@ async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: s
 
     row = await transaction(runtime.engine, work)
     runtime.dispatcher.claimed(job_id, miner_id)
+    runtime.streams.notify(job_id)
     return job_document(row)
 
 

@@ -13,12 +13,13 @@ tokens, so the figure is measured where the backend can count tokens (see
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-PromptMode = Literal["chat", "completion"]
+PromptMode = Literal["chat", "completion", "messages"]
 
 
 class BackendError(Exception):
@@ -58,6 +59,18 @@ class GenerationRequest:
     top_p: float = 0.9
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+    def chat_messages(self) -> list[dict[str, str]] | None:
+        """The chat messages to put in the model's chat template: the prompt as one
+        user message (``chat``), the prompt's JSON array of ``{role, content}``
+        (``messages``, as the coordinator checked it); None to continue the prompt
+        as plain text (``completion``)."""
+        if self.mode == "completion":
+            return None
+        if self.mode == "messages":
+            messages: list[dict[str, str]] = json.loads(self.prompt)
+            return messages
+        return [{"role": "user", "content": self.prompt}]
 
     @classmethod
     def from_job(cls, job: dict[str, Any]) -> GenerationRequest:

@@ -167,10 +167,9 @@ class LlamaCppBackend:
             "logits_processor": LogitsProcessorList([per_token]),
         }
         try:
-            if request.mode == "chat":
-                response = llm.create_chat_completion(
-                    messages=[{"role": "user", "content": request.prompt}], **options
-                )
+            messages = request.chat_messages()
+            if messages is not None:
+                response = llm.create_chat_completion(messages=messages, **options)
                 text = response["choices"][0]["message"]["content"] or ""
             else:
                 response = llm.create_completion(request.prompt, **options)

@@ -59,8 +59,9 @@ class OllamaBackend(RemoteBackend):
             # Ollama silently cuts an over-long prompt otherwise: refuse instead.
             "truncate": False,
         }
-        if request.mode == "chat":
-            body["messages"] = [{"role": "user", "content": request.prompt}]
+        messages = request.chat_messages()
+        if messages is not None:
+            body["messages"] = messages
             return "/api/chat", body
         body["prompt"] = request.prompt
         # Plain continuation: no chat template around the prompt.
@@ -84,11 +85,12 @@ class OllamaBackend(RemoteBackend):
                         )
                     text = (
                         (event.get("message") or {}).get("content")
-                        if request.mode == "chat"
+                        if request.mode != "completion"
                         else event.get("response")
                     )
                     if text:
                         parts.append(text)
+                        control.on_text(text)
                         chunks += 1
                         control.on_token(chunks)
                     if event.get("done"):

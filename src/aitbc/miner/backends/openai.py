@@ -57,8 +57,9 @@ class OpenAIBackend(RemoteBackend):
             body["stop"] = list(request.stop)
         if request.seed is not None:
             body["seed"] = request.seed
-        if request.mode == "chat":
-            body["messages"] = [{"role": "user", "content": request.prompt}]
+        messages = request.chat_messages()
+        if messages is not None:
+            body["messages"] = messages
             return "/v1/chat/completions", body
         body["prompt"] = request.prompt
         return "/v1/completions", body
@@ -85,11 +86,12 @@ class OpenAIBackend(RemoteBackend):
                     for choice in event.get("choices") or ():
                         text = (
                             (choice.get("delta") or {}).get("content")
-                            if request.mode == "chat"
+                            if request.mode != "completion"
                             else choice.get("text")
                         )
                         if text:
                             parts.append(text)
+                            control.on_text(text)
                             chunks += 1
                             control.on_token(chunks)
                         if choice.get("finish_reason"):

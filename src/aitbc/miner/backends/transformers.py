@@ -187,9 +187,10 @@ class TransformersBackend:
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         tokenizer = self.tokenizer
-        if request.mode == "chat" and tokenizer.chat_template:
+        messages = request.chat_messages()
+        if messages is not None and tokenizer.chat_template:
             ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": request.prompt}],
+                messages,
                 add_generation_prompt=True,
                 tokenize=True,
                 return_dict=True,
