@@ -292,6 +292,11 @@ async def test_transfers_move_money_and_refuse_replays(coordinator: Coordinator)
     assert_error(
         await transfer(coordinator, alice, to=bob_id, amount="1", nonce=1), 409, "nonce_reused"
     )
+    # The very same transfer again, in the same second: the same transaction id (on
+    # PostgreSQL the id's unique index may object first): a replay all the same.
+    assert_error(
+        await transfer(coordinator, alice, to=bob_id, amount="12.5", nonce=1), 409, "nonce_reused"
+    )
     assert_error(
         await transfer(coordinator, alice, to=bob_id, amount="88", nonce=2),
         402,

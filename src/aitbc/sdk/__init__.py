@@ -1,7 +1,9 @@
 """The AITBC client SDK: what a client or a third party needs without the server.
 
-Today: offline receipt verification against pinned keys (``verify_receipt``), and
-fetching, pinning and loading those keys. Talks HTTP only; never imports storage.
+``Client`` / ``AsyncClient`` (the coordinator's API, typed, with retries), their
+exceptions, and offline receipt verification against pinned keys
+(``verify_receipt``), with fetching, pinning and loading those keys. Talks HTTP
+only; never imports storage.
 """
 
 from __future__ import annotations
@@ -9,6 +11,23 @@ from __future__ import annotations
 from aitbc.domain.receipts import VerifiedReceipt
 from aitbc.domain.signing import KeyRing, PublicKey
 from aitbc.errors import VerificationFailed
+from aitbc.sdk.client import AsyncClient, Client, StreamEvent, StreamRestarted
+from aitbc.sdk.errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequest,
+    Conflict,
+    InsufficientFunds,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    ServiceUnavailable,
+    ValidationError,
+)
 from aitbc.sdk.receipts import (
     default_keyring_path,
     fetch_keys,
@@ -20,8 +39,26 @@ from aitbc.sdk.receipts import (
 )
 
 __all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequest",
+    "Client",
+    "Conflict",
+    "InsufficientFunds",
     "KeyRing",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
     "PublicKey",
+    "RateLimited",
+    "ServiceUnavailable",
+    "StreamEvent",
+    "StreamRestarted",
+    "ValidationError",
     "VerificationFailed",
     "VerifiedReceipt",
     "default_keyring_path",

@@ -45,6 +45,8 @@ B = BLOCKS.c
 
 NEGATIVE_BALANCE_CONSTRAINT = "ck_accounts_balance_nonnegative"
 NONCE_CONSTRAINT = "uq_ledger_transactions_sender_nonce"
+# The transaction id's (PostgreSQL's name for the column's UNIQUE).
+TRANSACTION_ID_CONSTRAINT = "ledger_transactions_id_key"
 # Any PostgreSQL advisory-lock key unique to the sealer ("AITBCSEA" in ASCII).
 SEALER_LOCK_KEY = 0x4149544243534541
 
@@ -52,6 +54,7 @@ SEALER_LOCK_KEY = 0x4149544243534541
 # How SQLite words a unique violation: by its columns, not the constraint's name.
 _SQLITE_UNIQUE_COLUMNS = {
     NONCE_CONSTRAINT: "ledger_transactions.sender, ledger_transactions.nonce",
+    TRANSACTION_ID_CONSTRAINT: "ledger_transactions.id",
 }
 
 
@@ -252,7 +255,12 @@ def append_transactions(connection: Connection, transactions: Sequence[NewTransa
     try:
         _INSERT_TRANSACTION.executemany(connection, rows)
     except IntegrityError as exc:
-        if _violates(exc, NONCE_CONSTRAINT):
+        # A transfer sent twice with everything equal (its timestamp too) has the
+        # same id: the database may find the id's duplicate before the nonce's.
+        replayed_id = _violates(exc, TRANSACTION_ID_CONSTRAINT) and any(
+            tx.nonce is not None for tx in transactions
+        )
+        if replayed_id or _violates(exc, NONCE_CONSTRAINT):
             raise NonceReused(
                 "this nonce was used before by the sender", error_code="nonce_reused"
             ) from exc
