@@ -1,5 +1,5 @@
-"""The ``aitbc`` command: ``serve``, ``db upgrade``, ``demo``, ``keys``, ``receipts``,
-``auth`` and client commands."""
+"""The ``aitbc`` command: ``serve``, ``db upgrade``, ``demo``, ``jobs``, ``login``,
+``keys``, ``receipts``, ``auth``, ``chain``, ``miner`` and the admin's commands."""
 
 from __future__ import annotations
 
@@ -105,51 +105,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(port=args.port, keep_running=args.keep_running))
 
 
-def _client_call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> int:
-    import httpx
-
-    key = args.api_key or os.environ.get("AITBC_API_KEY")
-    headers = {"X-Api-Key": key} if key else {}
-    try:
-        response = httpx.request(
-            method, args.url.rstrip("/") + path, headers=headers, timeout=30, **kwargs
-        )
-    except httpx.HTTPError as exc:
-        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        body = response.json()
-    except ValueError:
-        body = response.text
-    print(json.dumps(body, indent=2) if not isinstance(body, str) else body)
-    return 0 if response.is_success else 1
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    """Client job commands over HTTP."""
-    if args.jobs_command == "submit":
-        payload: dict[str, Any] = {
-            "prompt": args.prompt,
-            "priority": args.priority,
-            "params": {"max_tokens": args.max_tokens},
-        }
-        if args.model:
-            payload["model"] = args.model
-        return _client_call(args, "POST", "/v1/jobs", json=payload)
-    if args.jobs_command == "get":
-        return _client_call(args, "GET", f"/v1/jobs/{args.job_id}")
-    if args.jobs_command == "list":
-        params = {"limit": args.limit, **({"status": args.status} if args.status else {})}
-        return _client_call(args, "GET", "/v1/jobs", params=params)
-    return _client_call(args, "POST", f"/v1/jobs/{args.job_id}/cancel")
-
-
 def cmd_admin(args: argparse.Namespace) -> int:
-    """Admin commands over HTTP."""
-    path = {"stats": "/v1/admin/stats", "miners": "/v1/admin/miners"}[args.admin_command]
-    if not args.api_key:
-        args.api_key = os.environ.get("AITBC_ADMIN_KEY")
-    return _client_call(args, "GET", path)
+    """``aitbc admin stats|miners`` (the admin key: ``--api-key`` or $AITBC_ADMIN_KEY)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from aitbc.sdk.client import Client
+
+    key = args.api_key or os.environ.get("AITBC_ADMIN_KEY")
+    console = Console()
+    with Client(args.url, api_key=key) as client:
+        if args.admin_command == "stats":
+            stats = client.admin.stats().model_dump(mode="json")
+            if args.json:
+                print(json.dumps(stats, indent=2))
+                return 0
+            grid = Table.grid(padding=(0, 2))
+            for name, value in stats.items():
+                grid.add_row(f"[bold]{name}[/bold]", str(value))
+            console.print(grid)
+            return 0
+        miners = client.admin.miners()
+    if args.json:
+        print(json.dumps([miner.model_dump(mode="json") for miner in miners], indent=2))
+        return 0
+    table = Table("miner", "status", "models", "price", "running", "completed", "last seen")
+    for miner in miners:
+        seen = miner.last_heartbeat_at
+        table.add_row(
+            miner.miner_id, miner.status, ", ".join(miner.capabilities), f"{miner.price:g}",
+            str(miner.running_jobs), str(miner.jobs_completed),
+            seen.strftime("%Y-%m-%d %H:%M:%S") if seen else "-",
+        )  # fmt: skip
+    console.print(table)
+    return 0
 
 
 def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
@@ -196,23 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-running", action="store_true")
     demo.set_defaults(handler=cmd_demo)
 
-    jobs = commands.add_parser("jobs", help="submit and follow jobs")
-    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True)
-    submit = jobs_commands.add_parser("submit")
-    submit.add_argument("prompt")
-    submit.add_argument("--model")
-    submit.add_argument("--priority", choices=["low", "normal", "high"], default="normal")
-    submit.add_argument("--max-tokens", type=int, default=256)
-    get = jobs_commands.add_parser("get")
-    get.add_argument("job_id")
-    listing = jobs_commands.add_parser("list")
-    listing.add_argument("--status")
-    listing.add_argument("--limit", type=int, default=20)
-    cancel = jobs_commands.add_parser("cancel")
-    cancel.add_argument("job_id")
-    for sub in (submit, get, listing, cancel):
-        _add_client_flags(sub)
-    jobs.set_defaults(handler=cmd_jobs)
+    from aitbc.cli import jobs as jobs_cli
+
+    jobs_cli.add_parsers(commands)
 
     from aitbc.cli import auth as auth_cli
 
@@ -220,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
     for name, text in (("stats", "system figures"), ("miners", "every registered miner")):
         view = admin_commands.add_parser(name, help=text)
-        _add_client_flags(view)
+        jobs_cli.add_client_options(view)
+        view.add_argument("--json", action="store_true", help="print JSON")
         view.set_defaults(handler=cmd_admin)
     auth_cli.add_admin_api_keys_parser(admin_commands, _add_client_flags)
     auth_cli.add_auth_parser(commands, _add_client_flags)
@@ -239,10 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``aitbc`` console script."""
+    """Entry point of the ``aitbc`` console script. An error from the coordinator
+    (or none reachable) prints one line and exits 1 (2 when unreachable), never a
+    traceback."""
     args = build_parser().parse_args(argv)
     handler = args.handler
-    result: int = handler(args)
+    from aitbc.sdk.errors import APIConnectionError, APIError
+
+    try:
+        result: int = handler(args)
+    except APIConnectionError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 2
+    except APIError as exc:
+        print(f"error: {exc.detail} ({exc.error_code})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return result
 
 
