@@ -218,7 +218,13 @@ async def test_cancel_while_running(coordinator: Coordinator) -> None:
     ack = await heartbeat(coordinator, "m1", m1, running_jobs=[job_id])
     assert ack["cancelled_jobs"] == [job_id]
     stop = ok(await progress(coordinator, job_id, "m1", m1, 60))
-    assert stop == {"job_id": job_id, "status": "cancelled", "progress": 40, "should_stop": True}
+    assert stop == {
+        "job_id": job_id,
+        "status": "cancelled",
+        "progress": 40,
+        "should_stop": True,
+        "streamed": 0,
+    }
     assert_error(await complete(coordinator, job_id, "m1", m1), 409)
 
     # Neither a lapsed lease nor the timeout revives or changes it.

@@ -359,6 +359,7 @@ async def test_progress_reports(coordinator: Coordinator) -> None:
             "status": "running",
             "progress": value,
             "should_stop": False,
+            "streamed": 0,
         }
     assert (await get_job(coordinator, job_id, client))["progress"] == 100
     assert ok(await progress(coordinator, job_id, "m1", m1, 30))["progress"] == 100  # no going back
