@@ -939,7 +939,7 @@ def read_events(response: httpx.Response) -> Iterator[tuple[float, dict[str, Any
 
 def test_a_real_generation_streams_token_by_token_to_every_reader(market: Market) -> None:
     market.start_miner(miner_id="e2e-stream")
-    job_id = market.submit("Tell me a short story about a lighthouse.", max_tokens=48, seed=7)
+    job_id = market.submit("Tell me a short story about a lighthouse.", max_tokens=96, seed=7)
     url = f"{market.coordinator.base_url}/v1/jobs/{job_id}/stream"
     streams: list[list[tuple[float, dict[str, Any]]]] = []
     with httpx.Client(timeout=60) as http:
@@ -948,7 +948,7 @@ def test_a_real_generation_streams_token_by_token_to_every_reader(market: Market
                 assert response.status_code == 200
                 streams.append(list(read_events(response)))
     job = market.job(job_id)
-    assert_generation(job, 48)
+    assert_generation(job, 96)
     for events in streams:
         assert events[-1][1]["event"] == "end"
         end = events[-1][1]["data"]
@@ -959,9 +959,9 @@ def test_a_real_generation_streams_token_by_token_to_every_reader(market: Market
         tokens = [event for _at, event in events if event["event"] == "token"]
         assert "".join(event["data"]["text"] for event in tokens) == job["result"]
         assert all(event["event"] != "reset" for _at, event in events)
-    # The first reader followed the job live: many pieces, spread over the generation
-    # (the miner sends new text as soon as it has some, not twice a second).
+    # The first reader followed the job live: pieces spread over the generation (the
+    # miner sends its first text at once, then what came meanwhile, 5 times a second).
     live = [at for at, event in streams[0] if event["event"] == "token"]
-    assert len(live) >= 8, streams[0]
+    assert len(live) >= 4 and live[-1] - live[0] > 0.3, streams[0]
     # The second came after the end: the same pieces, from the database.
     assert [e for _a, e in streams[1]] == [e for _a, e in streams[0]]

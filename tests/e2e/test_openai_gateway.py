@@ -42,9 +42,9 @@ def run_the_openai_client(market: Market, client: openai.OpenAI) -> None:
         model=MODEL,
         messages=[
             {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Name a colour."},
+            {"role": "user", "content": "Describe the sea in three sentences."},
         ],
-        max_tokens=12,
+        max_tokens=40,
         temperature=0,
     )
     chat = raw.parse()
@@ -63,9 +63,9 @@ def run_the_openai_client(market: Market, client: openai.OpenAI) -> None:
         model=MODEL,
         messages=[
             {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Name a colour."},
+            {"role": "user", "content": "Describe the sea in three sentences."},
         ],
-        max_tokens=12,
+        max_tokens=40,
         temperature=0,
         stream=True,
         stream_options={"include_usage": True},
@@ -75,7 +75,7 @@ def run_the_openai_client(market: Market, client: openai.OpenAI) -> None:
         c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
     ]
     assert "".join(pieces) == chat.choices[0].message.content
-    assert len(pieces) >= 3
+    assert len(pieces) >= 2
     final = chunks[-1]
     assert final.usage is not None and final.usage.completion_tokens == chat.usage.completion_tokens
     assert (final.usage.model_extra or {})["receipt_id"].startswith("rcpt_")

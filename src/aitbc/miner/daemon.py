@@ -77,6 +77,10 @@ class MinerConfig:
     heartbeat_seconds: float = 5.0
     poll_wait_seconds: float = 20.0
     progress_seconds: float = 0.5
+    # After a report that carried text, the next waits this long for more to gather:
+    # the first text goes at once (time to first token), the rest in batches (each
+    # report is a request and a transaction on the coordinator).
+    stream_batch_seconds: float = 0.2
     grace_seconds: float = 10.0
     outbox_retry_seconds: float = 2.0
 
@@ -352,11 +356,18 @@ class Miner:
         self.backend_up.set()
 
     async def _report_progress(self, running: _Running) -> None:
-        """Report new text as soon as there is some (one report in flight at a time, so
-        text produced meanwhile travels together in the next), and the percentage at
-        least every ``progress_seconds``."""
+        """Report new text as soon as there is some (the first at once; then one report
+        in flight at a time, at most one per ``stream_batch_seconds``, so text produced
+        meanwhile travels together in the next), and the percentage at least every
+        ``progress_seconds``."""
         reported = -1
+        last_text_report = None
+        loop = asyncio.get_running_loop()
         while True:
+            if last_text_report is not None:
+                gap = last_text_report + self.config.stream_batch_seconds - loop.time()
+                if gap > 0:
+                    await asyncio.sleep(gap)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.progress_seconds):
                     await running.text_ready.wait()
@@ -378,6 +389,8 @@ class Miner:
             else:
                 should_stop = bool(ack["should_stop"])
                 running.output.acknowledged(int(ack.get("streamed", 0)))
+                if delta is not None:
+                    last_text_report = loop.time()
             reported = percent
             if should_stop:
                 running.stopped_by_coordinator = True

@@ -135,21 +135,23 @@ class LlamaCppBackend:
 
         produced = 0
         end_of_text = llm.token_eos()
-        prompt_length: int | None = None
         # Pieces of UTF-8 as they come: a character split across tokens is held until
         # it is whole (errors are dropped, as llama-cpp-python drops them in results).
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        engine_sample = llm.sample
 
-        def per_token(input_ids: Any, scores: Any) -> Any:
-            nonlocal produced, prompt_length
-            if prompt_length is None:
-                prompt_length = len(input_ids)
-            elif len(input_ids) > prompt_length:
-                # The token sampled last (the engine calls this before each next one;
-                # the final token's text reaches the stream with the result).
-                text = decoder.decode(llm.detokenize([int(input_ids[-1])]))
-                if text:
-                    control.on_text(text)
+        def sample_and_stream(*args: Any, **kwargs: Any) -> Any:
+            # Each token's text the moment it is sampled (no hook of llama-cpp-python
+            # sees the token before the next forward pass; this context runs one job
+            # at a time, and the wrapper is removed when it ends).
+            token = engine_sample(*args, **kwargs)
+            text = decoder.decode(llm.detokenize([int(token)]))
+            if text:
+                control.on_text(text)
+            return token
+
+        def per_token(_input_ids: Any, scores: Any) -> Any:
+            nonlocal produced
             if control.cancelled.is_set():
                 scores[:] = -math.inf
                 scores[end_of_text] = 0.0
@@ -166,6 +168,7 @@ class LlamaCppBackend:
             "seed": request.seed,
             "logits_processor": LogitsProcessorList([per_token]),
         }
+        llm.sample = sample_and_stream
         try:
             messages = request.chat_messages()
             if messages is not None:
@@ -185,6 +188,8 @@ class LlamaCppBackend:
             raise BackendError(str(exc), retryable=False, error_code="invalid_request") from exc
         except RuntimeError as exc:
             raise BackendError(str(exc), retryable=True, error_code="backend_error") from exc
+        finally:
+            del llm.sample  # the class's own again
         if control.cancelled.is_set():
             raise GenerationCancelled
         usage = response["usage"]
