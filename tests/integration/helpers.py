@@ -78,13 +78,18 @@ async def complete(
 
 
 async def progress(
-    coordinator: Coordinator, job_id: str, miner_id: str, headers: dict[str, str], value: int
+    coordinator: Coordinator,
+    job_id: str,
+    miner_id: str,
+    headers: dict[str, str],
+    value: int,
+    stream: tuple[int, str] | None = None,
 ) -> httpx.Response:
-    return await coordinator.http.post(
-        f"/v1/jobs/{job_id}/progress",
-        json={"miner_id": miner_id, "progress": value},
-        headers=headers,
-    )
+    """A progress report; ``stream``: ``(offset, delta)``, text of the job's output."""
+    payload: dict[str, Any] = {"miner_id": miner_id, "progress": value}
+    if stream is not None:
+        payload["offset"], payload["delta"] = stream
+    return await coordinator.http.post(f"/v1/jobs/{job_id}/progress", json=payload, headers=headers)
 
 
 async def fail(

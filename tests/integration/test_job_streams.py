@@ -17,6 +17,7 @@ from tests.integration.helpers import (
     complete,
     fail,
     ok,
+    progress,
     running_job,
 )
 
@@ -64,13 +65,8 @@ async def report(
     headers: dict[str, str],
     offset: int,
     delta: str,
-    percent: int = 10,
 ) -> httpx.Response:
-    return await coordinator.http.post(
-        f"/v1/jobs/{job_id}/progress",
-        json={"miner_id": miner_id, "progress": percent, "offset": offset, "delta": delta},
-        headers=headers,
-    )
+    return await progress(coordinator, job_id, miner_id, headers, 10, (offset, delta))
 
 
 async def read_stream(

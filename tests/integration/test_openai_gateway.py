@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.conftest import Coordinator
-from tests.integration.helpers import claim_ok, complete, ok, poll
+from tests.integration.helpers import claim_ok, complete, ok, poll, progress
 
 MODEL = "smollm2-135m"
 
@@ -51,13 +51,7 @@ async def serve_one(
     half = len(result) // 2
     for offset, piece in ((0, result[:half]), (half, result[half:])):
         if piece:
-            ok(
-                await coordinator.http.post(
-                    f"/v1/jobs/{job['job_id']}/progress",
-                    json={"miner_id": miner_id, "progress": 50, "offset": offset, "delta": piece},
-                    headers=miner,
-                )
-            )
+            ok(await progress(coordinator, job["job_id"], miner_id, miner, 50, (offset, piece)))
     counts = usage or {"prompt_tokens": 3, "completion_tokens": 2}
     ok(await complete(coordinator, job["job_id"], miner_id, miner, result=result, usage=counts))
     return claimed

@@ -63,7 +63,7 @@ OPENAI_PATHS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions
 
 def is_openai_path(path: str) -> bool:
     """Whether ``path`` is one of the OpenAI-compatible routes."""
-    return path in OPENAI_PATHS or path.startswith("/v1/models/")
+    return path in OPENAI_PATHS
 
 
 def error_body(

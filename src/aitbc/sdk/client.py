@@ -243,14 +243,15 @@ class _Base:
             headers["X-Api-Key"] = self.api_key
         return headers
 
-    def _retry_wait(self, attempt: int, error: Exception, call: Call[Any]) -> float | None:
-        """Seconds to wait before sending ``call`` again, or None to give up."""
+    def _retry_wait(self, attempt: int, error: Exception, idempotent: bool) -> float | None:
+        """Seconds to wait before sending a call again after ``error`` (``idempotent``:
+        safe to re-send when the connection failed), or None to give up."""
         if attempt >= self.max_retries:
             return None
         if isinstance(error, RateLimited | ServiceUnavailable):
             if error.retry_after is not None:
                 return min(error.retry_after, MAX_RETRY_WAIT_SECONDS)
-        elif not (isinstance(error, APIConnectionError) and call.idempotent):
+        elif not (isinstance(error, APIConnectionError) and idempotent):
             return None
         return self._rng.uniform(0, BACKOFF_BASE_SECONDS * 2**attempt)
 
@@ -350,7 +351,7 @@ class Client(_Base):
                 error: Exception = self._transport_error(exc)
             except (RateLimited, ServiceUnavailable) as exc:
                 error = exc
-            wait = self._retry_wait(attempt, error, call)
+            wait = self._retry_wait(attempt, error, call.idempotent)
             if wait is None:
                 raise error
             time.sleep(wait)
@@ -382,7 +383,7 @@ class Client(_Base):
                         if event.name == "end":
                             return
             except httpx.TransportError as exc:
-                wait = self._retry_wait(attempt, self._transport_error(exc), receipt_call(path))
+                wait = self._retry_wait(attempt, self._transport_error(exc), idempotent=True)
                 if wait is None:
                     raise self._transport_error(exc) from exc
                 time.sleep(wait)
@@ -445,7 +446,7 @@ class AsyncClient(_Base):
                 error: Exception = self._transport_error(exc)
             except (RateLimited, ServiceUnavailable) as exc:
                 error = exc
-            wait = self._retry_wait(attempt, error, call)
+            wait = self._retry_wait(attempt, error, call.idempotent)
             if wait is None:
                 raise error
             await asyncio.sleep(wait)
@@ -479,7 +480,7 @@ class AsyncClient(_Base):
                         if event.name == "end":
                             return
             except httpx.TransportError as exc:
-                wait = self._retry_wait(attempt, self._transport_error(exc), receipt_call(path))
+                wait = self._retry_wait(attempt, self._transport_error(exc), idempotent=True)
                 if wait is None:
                     raise self._transport_error(exc) from exc
                 await asyncio.sleep(wait)

@@ -23,6 +23,8 @@ from typing import Any
 from sqlalchemy import Connection
 
 from aitbc.domain.jobs import JobStatus, is_terminal
+from aitbc.domain.money import to_ait
+from aitbc.domain.timestamps import unix_seconds
 from aitbc.errors import AITBCError, Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from aitbc.openai_schemas import ChatCompletionRequest, CompletionRequest, openai_error_body
 from aitbc.schemas import JobParams, JobRequest
@@ -67,7 +69,7 @@ async def list_models(runtime: Runtime, principal: Principal) -> dict[str, Any]:
     for hardware, price in market.miners:
         for model in hardware.models:
             prices.setdefault(model, []).append(price)
-    created = int(time.time())
+    created = unix_seconds(runtime.clock())
     return {
         "object": "list",
         "data": [
@@ -76,7 +78,7 @@ async def list_models(runtime: Runtime, principal: Principal) -> dict[str, Any]:
                 "object": "model",
                 "created": created,
                 "owned_by": "aitbc",
-                "price": min(prices[model]) / 1_000_000,
+                "price": to_ait(min(prices[model])),
                 "miners": len(prices[model]),
             }
             for model in sorted(prices)
@@ -95,13 +97,14 @@ def _job_request(request: ChatCompletionRequest | CompletionRequest) -> JobReque
         limit, mode = request.token_limit(), "messages"
     else:
         prompt, limit, mode = request.prompt_text(), request.max_tokens, "completion"
-    params: dict[str, Any] = {"mode": mode, "stop": request.stop_list(), "seed": request.seed}
-    if limit is not None:
-        params["max_tokens"] = limit
-    if request.temperature is not None:
-        params["temperature"] = request.temperature
-    if request.top_p is not None:
-        params["top_p"] = request.top_p
+    params = {
+        "mode": mode,
+        "max_tokens": limit,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "stop": request.stop_list(),
+        "seed": request.seed,
+    }
     return JobRequest(
         prompt=prompt,
         model=request.model,
@@ -131,7 +134,7 @@ async def start(
         kind="chat" if isinstance(request, ChatCompletionRequest) else "completion",
         job_id=job["job_id"],
         model=request.model,
-        created=int(time.time()),
+        created=unix_seconds(runtime.clock()),
         max_tokens=job_request.params.max_tokens,
         include_usage=request.include_usage,
     )
@@ -156,13 +159,14 @@ async def _wait(
 ) -> JobStatus:
     """The job's status once it is no longer pending, or after ``queue_seconds``; with
     None, once it is terminal."""
-    timeout = queue_seconds
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None if queue_seconds is None else time.monotonic() + queue_seconds
     with runtime.streams.watch(job_id) as watch:
         while True:
             seen = watch.version
             status = await read(runtime.engine, _status, principal, job_id)
-            if is_terminal(status) or (timeout is not None and status is not JobStatus.PENDING):
+            if is_terminal(status) or (
+                queue_seconds is not None and status is not JobStatus.PENDING
+            ):
                 return status
             if deadline is not None and time.monotonic() >= deadline:
                 return status

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -216,18 +217,9 @@ def total_balance(connection: Connection) -> int:
 
 # --- transactions ---------------------------------------------------------------------
 
-_TRANSACTION_COLUMNS = (
-    "id",
-    "type",
-    "sender",
-    "recipient",
-    "amount_micro",
-    "fee_micro",
-    "ref",
-    "timestamp",
-    "nonce",
-    "document",
-)
+# The columns an append writes: NewTransaction's fields, in its order.
+_TRANSACTION_COLUMNS = tuple(field.name for field in fields(NewTransaction))
+_transaction_row = attrgetter(*_TRANSACTION_COLUMNS)
 # On the driver's cursor (see storage.driver): every job step that moves money runs it.
 _INSERT_TRANSACTION = DriverStatement(insert(TRANSACTIONS), _TRANSACTION_COLUMNS)
 
@@ -237,21 +229,7 @@ def append_transactions(connection: Connection, transactions: Sequence[NewTransa
 
     Raises :class:`NonceReused` when a transfer's nonce was used by its sender before.
     """
-    rows = [
-        (
-            tx.id,
-            tx.type,
-            tx.sender,
-            tx.recipient,
-            tx.amount_micro,
-            tx.fee_micro,
-            tx.ref,
-            tx.timestamp,
-            tx.nonce,
-            tx.document,
-        )
-        for tx in transactions
-    ]
+    rows = [_transaction_row(tx) for tx in transactions]
     try:
         _INSERT_TRANSACTION.executemany(connection, rows)
     except IntegrityError as exc:
