@@ -59,6 +59,12 @@ class Conflict(AITBCError):
     error_code = "conflict"
 
 
+class Gone(AITBCError):
+    """Something that existed and is no longer kept (pruned events, say)."""
+
+    error_code = "gone"
+
+
 class InvalidTransition(Conflict):
     """A job state-machine transition that the lifecycle forbids."""
 

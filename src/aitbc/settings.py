@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,7 +93,33 @@ class Settings(BaseSettings):
     max_file_bytes_per_client: int = Field(default=100 * 1_048_576, ge=1)
     file_ttl_seconds: int = Field(default=7 * 86400, ge=60)
 
+    # Live events (/ws, DESIGN.md section 8). The bus that tells coordinator processes
+    # sharing a database about each other's events: "auto" (Redis when redis_url is
+    # set, else LISTEN/NOTIFY on PostgreSQL, else in process), "memory", "postgres"
+    # or "redis".
+    event_bus: Literal["auto", "memory", "postgres", "redis"] = "auto"
+    # How often /ws reads the event log without a wake-up from the bus (a safety net
+    # for a wake-up lost while the bus reconnects).
+    event_poll_seconds: float = Field(default=1.0, gt=0)
+    # How long events are kept for subscribers resuming with ``since``.
+    event_retention_seconds: int = Field(default=86400, ge=60)
+    # Frames queued for one connection before it is closed as too slow (1013).
+    ws_max_queued_events: int = Field(default=1000, ge=1)
+    # A connection that follows no channel and says nothing this long is closed.
+    ws_idle_seconds: float = Field(default=60.0, gt=0)
+    # WebSocket pings from the server, and how long a pong may take before the
+    # connection is dropped (uvicorn's; 0 turns pings off).
+    ws_ping_interval_seconds: float = Field(default=20.0, ge=0)
+    ws_ping_timeout_seconds: float = Field(default=20.0, gt=0)
+    ws_max_connections: int = Field(default=10_000, ge=1)
+
+    # GET /metrics answers the admin key, and any caller from these addresses
+    # (comma-separated IPs or networks, e.g. a Prometheus server's); empty: admin only.
+    metrics_allow_ips: str = ""
+
     log_level: str = "info"
+    # "text": readable lines; "json": one JSON object per line (aitbc.logs).
+    log_format: Literal["text", "json"] = "text"
 
     def resolved_signing_key_file(self) -> Path:
         """Where the coordinator's signing key lives."""

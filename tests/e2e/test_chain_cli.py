@@ -255,10 +255,15 @@ def test_chain_follow_resumes_from_its_copy(server: Server, home: Path, tmp_path
 def test_money_commands(server: Server, home: Path, tmp_path: Path) -> None:
     market = make_market(server.url)
     client = {"AITBC_API_KEY": market.client_key}
-    balance = cli(home, "balance", "--url", server.url, **client)
+    balance = cli(home, "balance", "--url", server.url, "--json", **client)
     assert balance.returncode == 0, describe(balance)
     before = json.loads(balance.stdout)
     assert before["address"] == market.client_id
+    readable = cli(home, "balance", "--url", server.url, **client)
+    assert readable.stdout.strip() == (
+        f"{before['balance']} AIT available, {before['held']} AIT held for unfinished jobs "
+        f"(account {market.client_id})"
+    )
 
     sent = cli(home, "transfer", market.other_id, "1.5", "--url", server.url, **client)
     assert sent.returncode == 0, describe(sent)

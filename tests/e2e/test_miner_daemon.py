@@ -27,6 +27,7 @@ of them on the same cores slow each other down by one to two orders of magnitude
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
 import signal
 import sqlite3
@@ -403,9 +404,9 @@ def assert_generation(job: dict[str, Any], max_tokens: int) -> None:
 
 
 def log_time(line: str) -> float:
-    """The wall-clock time of a miner log line ("2026-02-13 10:00:00,123 INFO ...")."""
-    stamp, millis = line[:23].split(",")
-    return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+    """The wall-clock time of a miner log line ("2026-02-13T10:00:00.123Z INFO ...")."""
+    stamp, millis = line[:23].split(".")
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) + int(millis) / 1000
 
 
 def private(path: Path) -> bool:

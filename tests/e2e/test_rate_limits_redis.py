@@ -92,7 +92,9 @@ def key_prefix() -> Iterator[str]:
 def warnings(server: Server, words: str) -> int:
     """How many lines of the rate limiter's log say ``words``."""
     lines = server.log().splitlines()
-    return sum(1 for line in lines if line.startswith("rate limits:") and words in line)
+    return sum(
+        1 for line in lines if "aitbc.api.rate_limits: rate limits:" in line and words in line
+    )
 
 
 def rate_limits(server: Server) -> Any:

@@ -301,9 +301,11 @@ def test_keys_list_and_pin(shared: Coordinator, cli: Cli, tmp_path: Path) -> Non
     assert published["keys"][0]["owner"] == "coordinator"
     assert published["keys"][0]["status"] == "current"
 
-    listed = cli("keys", "list", "--url", url)
+    listed = cli("keys", "list", "--url", url, "--json")
     assert listed.returncode == 0, describe(listed)
     assert json.loads(listed.stdout) == published
+    table = cli("keys", "list", "--url", url)
+    assert published["keys"][0]["key_id"] in table.stdout and "current" in table.stdout
 
     keyring = tmp_path / "pinned" / "keys.json"
     pinned = cli("keys", "pin", "--url", url, "--keyring", keyring)
@@ -336,9 +338,15 @@ def test_verify_by_id_file_and_stdin(shared: Coordinator, cli: Cli, tmp_path: Pa
     by_id: list[str | Path] = ["--url", url, "--api-key", client.api_key, "--keyring", keyring]
 
     # `receipts get` answers the stored canonical document.
-    got = cli("receipts", "get", done.receipt_id, "--url", url, "--api-key", client.api_key)
+    got = cli(
+        "receipts", "get", done.receipt_id, "--url", url, "--api-key", client.api_key, "--json"
+    )
     assert got.returncode == 0, describe(got)
     assert json.loads(got.stdout) == receipt
+    shown = cli("receipts", "get", done.receipt_id, "--url", url, "--api-key", client.api_key)
+    assert done.receipt_id in shown.stdout and done.job_id in shown.stdout
+    listed_receipts = cli("receipts", "list", "--url", url, "--api-key", client.api_key)
+    assert done.receipt_id in listed_receipts.stdout
 
     line = expect_ok(cli("receipts", "verify", done.receipt_id, *by_id))
     assert done.receipt_id in line and done.job_id in line
@@ -492,7 +500,7 @@ def test_miner_signature_is_checked_when_its_key_is_pinned(
     assert done.receipt["miner_signature"]["key_id"] == miner.signing_key.key_id
     receipt_file = write(tmp_path / "receipt.json", done.document)
 
-    listed = cli("keys", "list", "--url", url, "--owner", miner_id)
+    listed = cli("keys", "list", "--url", url, "--owner", miner_id, "--json")
     assert listed.returncode == 0, describe(listed)
     miner_keys = json.loads(listed.stdout)["keys"]
     assert [(k["key_id"], k["owner"]) for k in miner_keys] == [(miner.signing_key.key_id, miner_id)]

@@ -3,6 +3,7 @@ renewals, attempts, timeouts and cancellation of running jobs."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -81,6 +82,7 @@ async def test_heartbeats_renew_the_lease(coordinator: Coordinator) -> None:
             "failed": 0,
             "miners_offline": 0,
             "files_expired": 0,
+            "events_pruned": 0,
         }
         assert (await get_job(coordinator, job_id, client))["status"] == "running"
 
@@ -289,3 +291,41 @@ async def test_a_job_missing_from_the_heartbeat_list_lapses(coordinator: Coordin
     assert (await get_job(coordinator, kept, client))["status"] == "running"
     lost = await get_job(coordinator, dropped, client)
     assert (lost["status"], lost["error_code"]) == ("pending", "lease_expired")
+
+
+async def _claiming_poll(
+    coordinator: Coordinator, miner_id: str, headers: dict[str, str], wait: float
+) -> Any:
+    return ok(
+        await coordinator.http.get(
+            "/v1/jobs/available",
+            params={"miner_id": miner_id, "wait": wait, "claim": "true"},
+            headers=headers,
+        )
+    )
+
+
+async def test_a_poll_can_claim_the_job_it_returns(coordinator: Coordinator) -> None:
+    _client_id, client = await coordinator.new_client()
+    m1 = await coordinator.new_miner("m1")
+    m2 = await coordinator.new_miner("m2")
+    assert await _claiming_poll(coordinator, "m1", m1, 0) is None
+    ready = await coordinator.submit(client)
+    taken = await _claiming_poll(coordinator, "m1", m1, 0)
+    assert (taken["job_id"], taken["status"], taken["miner_id"]) == (
+        ready["job_id"],
+        "running",
+        "m1",
+    )
+    assert taken["attempts"] == 1
+    # Waiting polls: the job submitted meanwhile comes back claimed by exactly one.
+    first = asyncio.ensure_future(_claiming_poll(coordinator, "m1", m1, 5))
+    second = asyncio.ensure_future(_claiming_poll(coordinator, "m2", m2, 0.5))
+    await asyncio.sleep(0.1)
+    later = await coordinator.submit(client)
+    answers = [await first, await second]
+    claimed = [answer for answer in answers if answer is not None]
+    assert [answer["job_id"] for answer in claimed] == [later["job_id"]]
+    assert claimed[0]["status"] == "running"
+    job = await get_job(coordinator, later["job_id"], client)
+    assert job["miner_id"] == claimed[0]["miner_id"] and job["attempts"] == 1

@@ -12,12 +12,14 @@ from fastapi import FastAPI
 from aitbc import __version__
 from aitbc.api.errors import install_error_handlers
 from aitbc.api.middleware import AuthRateLimitMiddleware, BodyLimitsMiddleware
+from aitbc.api.observability import ObservabilityMiddleware
 from aitbc.api.rate_limits import build_rate_limiter
 from aitbc.api.routers import (
     accounts,
     admin,
     auth,
     clients,
+    events,
     explorer,
     files,
     jobs,
@@ -29,9 +31,10 @@ from aitbc.api.routers import (
 from aitbc.schemas import ErrorBody
 from aitbc.services import keys, ledger, sweeper
 from aitbc.services.auth import ensure_admin_key
+from aitbc.services.event_bus import build_event_bus
 from aitbc.services.runtime import Clock, Runtime, utc_now
 from aitbc.settings import Settings
-from aitbc.storage import db, migrate
+from aitbc.storage import db, event_queries, migrate
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,13 @@ def build_runtime(settings: Settings, clock: Clock = utc_now) -> Runtime:
         # Private: it holds the database (results, key hashes) and the admin key.
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = db.create_engine(url)
-    return Runtime(
+    runtime = Runtime(
         settings=settings, engine=engine, sessions=db.create_sessionmaker(engine), clock=clock
     )
+    runtime.event_bus = build_event_bus(settings, url)
+    runtime.events.on_commit = runtime.event_bus.published
+    runtime.metrics.install_state_collector(runtime)
+    return runtime
 
 
 def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool = True) -> FastAPI:
@@ -72,6 +79,11 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
         await ledger.ensure_genesis(runtime)
         await rate_limiter.start()
         checkpointer = db.start_wal_checkpointer(runtime.engine)
+        await runtime.event_bus.start(runtime.events.remote_committed)
+        event_reader = event_queries.sqlite_reader(runtime.engine)
+        pump = asyncio.create_task(
+            runtime.events.run(runtime.engine, settings, event_reader), name="event-pump"
+        )
         tasks = (
             [
                 asyncio.create_task(sweeper.run_forever(runtime)),
@@ -82,14 +94,19 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
             if run_sweeper
             else []
         )
+        tasks.append(pump)
         try:
             yield
         finally:
+            runtime.events.close_all()
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await runtime.event_bus.aclose()
+            if event_reader is not None:
+                event_reader.close()
             await rate_limiter.aclose()
             await runtime.engine.dispose()
             if checkpointer is not None:
@@ -108,7 +125,19 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
     app.state.runtime = runtime
     app.state.rate_limiter = rate_limiter
     install_error_handlers(app)
-    routers = (system, clients, auth, miners, jobs, receipts, files, admin, accounts, explorer)
+    routers = (
+        system,
+        clients,
+        auth,
+        miners,
+        jobs,
+        receipts,
+        files,
+        admin,
+        accounts,
+        explorer,
+        events,
+    )
     for router in (*routers, openai):
         app.include_router(router.router)
     app.add_middleware(AuthRateLimitMiddleware, runtime=runtime, limiter=rate_limiter)
@@ -118,4 +147,6 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
         max_upload_bytes=settings.max_upload_bytes,
         read_timeout=settings.request_read_timeout_seconds,
     )
+    # Outermost: every answer is counted and logged, 413s and 429s included.
+    app.add_middleware(ObservabilityMiddleware, metrics=runtime.metrics)
     return app

@@ -25,6 +25,7 @@ STATUS_BY_ERROR: dict[type[errors.AITBCError], int] = {
     errors.PermissionDenied: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.Gone: 410,
     errors.PayloadTooLarge: 413,
     errors.ValidationFailed: 422,
     errors.VerificationFailed: 422,

@@ -138,6 +138,7 @@ class AuthRateLimitMiddleware:
             (b"x-ratelimit-reset", str(math.ceil(decision.reset_at)).encode()),
         ]
         if not decision.allowed:
+            self.runtime.metrics.rate_limited.labels(identity.partition(":")[0]).inc()
             retry_after = max(1, math.ceil(decision.reset_at - time.time()))
             await _send_json(
                 send,

@@ -334,7 +334,15 @@ def _nonce(text: str) -> int:
 
 
 def _balance(args: argparse.Namespace) -> int:
-    return _answer(_request(args, "GET", "/v1/accounts/me"))
+    response = _request(args, "GET", "/v1/accounts/me")
+    if args.json or not response.is_success:
+        return _answer(response)
+    account = response.json()
+    print(
+        f"{account['balance']} AIT available, {account['held']} AIT held for unfinished "
+        f"jobs (account {account['address']})"
+    )
+    return EXIT_OK
 
 
 def _signing_key(path: str) -> SigningKey:
@@ -478,6 +486,7 @@ def add_parsers(commands: Any, add_client_flags: Any) -> None:
     chain.set_defaults(handler=cmd_chain)
 
     balance = commands.add_parser("balance", help="your balance and what is held in escrow")
+    balance.add_argument("--json", action="store_true", help="print the coordinator's JSON")
     add_client_flags(balance)
     balance.set_defaults(handler=cmd_balance)
 

@@ -1,5 +1,6 @@
 """The ``aitbc`` command: ``serve``, ``db upgrade``, ``demo``, ``jobs``, ``login``,
-``keys``, ``receipts``, ``auth``, ``chain``, ``miner`` and the admin's commands."""
+``keys``, ``receipts``, ``auth``, ``chain``, ``miner``, ``watch`` and the admin's
+commands."""
 
 from __future__ import annotations
 
@@ -18,7 +19,15 @@ from aitbc.settings import DEFAULT_PORT, Settings
 def _settings_from(args: argparse.Namespace) -> Settings:
     """Flags first, then AITBC_* variables (pydantic-settings), then defaults."""
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "database_url", "data_dir", "log_level", "forwarded_allow_ips"):
+    for name in (
+        "host",
+        "port",
+        "database_url",
+        "data_dir",
+        "log_level",
+        "log_format",
+        "forwarded_allow_ips",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -47,10 +56,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the coordinator until interrupted."""
     import uvicorn
 
+    from aitbc import logs
     from aitbc.api import create_app
     from aitbc.api.server import uvicorn_options
 
     settings = _settings_from(args)
+    logs.configure(settings.log_level, settings.log_format)
     tune_garbage_collector()
     app = create_app(settings)
     print(
@@ -63,7 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=args.access_log,
+        # aitbc.logs has configured logging; the request line is ours (with its id).
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=5,
         **uvicorn_options(settings),
     )
@@ -165,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
-    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="readable lines (default) or one JSON object per line ($AITBC_LOG_FORMAT)",
+    )
     serve.add_argument(
         "--forwarded-allow-ips",
         help="proxies whose X-Forwarded-For is believed (IPs or networks, comma-separated; "
@@ -211,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(commands, _add_client_flags, _add_storage_flags)
     miner_cli.add_parser(commands)
+
+    from aitbc.cli import watch as watch_cli
+
+    watch_cli.add_parser(commands)
     return parser
 
 

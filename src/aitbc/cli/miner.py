@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -41,16 +40,12 @@ def cmd_miner(args: argparse.Namespace) -> int:
     """Start the daemon; exit 0 after a stop by signal, 1 after one of its tasks failed
     (it has said why in its log and shut down gracefully), 2 when the backend cannot
     start."""
+    from aitbc import logs
     from aitbc.miner.backends import create_backend
     from aitbc.miner.backends.base import BackendError
     from aitbc.miner.daemon import DaemonFailed, Miner, MinerConfig
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # One line per HTTP request would drown the miner's own log.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure(args.log_level, args.log_format)
     config = MinerConfig(
         coordinator_url=args.coordinator_url,
         data_dir=Path(args.data_dir),
@@ -136,4 +131,10 @@ def add_parser(commands: Any) -> None:
         help="on SIGTERM, how long running jobs may finish before they are given back",
     )
     miner.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    miner.add_argument(
+        "--log-format",
+        default=os.environ.get("AITBC_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="readable lines (default) or one JSON object per line ($AITBC_LOG_FORMAT)",
+    )
     miner.set_defaults(handler=cmd_miner)

@@ -85,9 +85,32 @@ def _keyring_path(args: argparse.Namespace) -> Path:
 # --- keys ---------------------------------------------------------------------------
 
 
+def _table(columns: list[str], rows: list[list[Any]]) -> None:
+    """Rows as a table on the terminal (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, box=None, header_style="bold")
+    for row in rows:
+        table.add_row(*("-" if value is None else str(value) for value in row))
+    # Piped output is read by scripts or saved: wide enough that ids are never folded.
+    Console(highlight=False, width=None if sys.stdout.isatty() else 240).print(table)
+
+
 def _keys_list(args: argparse.Namespace) -> int:
     params = {"owner": args.owner} if args.owner else None
-    _print_json(_expect(_request(args, "GET", "/v1/keys", params=params)).json())
+    document = _expect(_request(args, "GET", "/v1/keys", params=params)).json()
+    if args.json:
+        _print_json(document)
+        return EXIT_OK
+    _table(
+        ["key", "owner", "status", "valid from", "valid until"],
+        [
+            [key.get("key_id"), key.get("owner"), key.get("status"), key.get("valid_from"),
+             key.get("valid_until")]
+            for key in document.get("keys", [])
+        ],
+    )  # fmt: skip
     return EXIT_OK
 
 
@@ -144,8 +167,33 @@ def cmd_keys(args: argparse.Namespace) -> int:
 # --- receipts -----------------------------------------------------------------------
 
 
+def _receipt_row(receipt: dict[str, Any]) -> list[Any]:
+    return [
+        receipt.get("receipt_id"),
+        receipt.get("job_id"),
+        receipt.get("provider"),
+        receipt.get("model"),
+        receipt.get("units"),
+        receipt.get("price"),
+        receipt.get("completed_at"),
+    ]
+
+
+RECEIPT_COLUMNS = ["receipt", "job", "miner", "model", "tokens", "AIT", "completed"]
+
+
 def _receipts_get(args: argparse.Namespace) -> int:
-    _print_json(_expect(_request(args, "GET", f"/v1/receipts/{args.receipt_id}")).json())
+    receipt = _expect(_request(args, "GET", f"/v1/receipts/{args.receipt_id}")).json()
+    if args.json:
+        _print_json(receipt)
+        return EXIT_OK
+    _table(
+        ["", ""],
+        [[name, value] for name, value in zip(RECEIPT_COLUMNS, _receipt_row(receipt), strict=True)],
+    )
+    signature = receipt.get("signature") or {}
+    print(f"signed by key {signature.get('key_id')} ({signature.get('alg')}); "
+          f"verify offline with: aitbc receipts verify {receipt.get('receipt_id')}")  # fmt: skip
     return EXIT_OK
 
 
@@ -154,7 +202,11 @@ def _receipts_list(args: argparse.Namespace) -> int:
     for name in ("client", "provider"):
         if getattr(args, name):
             params[name] = getattr(args, name)
-    _print_json(_expect(_request(args, "GET", "/v1/receipts", params=params)).json())
+    page = _expect(_request(args, "GET", "/v1/receipts", params=params)).json()
+    if args.json:
+        _print_json(page)
+        return EXIT_OK
+    _table(RECEIPT_COLUMNS, [_receipt_row(receipt) for receipt in page])
     return EXIT_OK
 
 
@@ -348,6 +400,7 @@ def add_parsers(commands: Any, add_client_flags: Any, add_storage_flags: Any) ->
     add_storage_flags(rotate)
     for sub in (listing, pin, rotate):
         add_client_flags(sub)
+    listing.add_argument("--json", action="store_true", help="print the coordinator's JSON")
     keys.set_defaults(handler=cmd_keys)
 
     receipts = commands.add_parser("receipts", help="read and verify signed receipts")
@@ -359,6 +412,8 @@ def add_parsers(commands: Any, add_client_flags: Any, add_storage_flags: Any) ->
     list_.add_argument("--provider")
     list_.add_argument("--limit", type=int, default=20)
     list_.add_argument("--offset", type=int, default=0)
+    for sub in (get, list_):
+        sub.add_argument("--json", action="store_true", help="print the coordinator's JSON")
     verify = receipt_commands.add_parser(
         "verify",
         help="check a receipt's signatures against pinned keys (offline), and its block: "

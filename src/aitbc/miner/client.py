@@ -150,13 +150,16 @@ class CoordinatorClient:
         cancelled: list[str] = response.json()["cancelled_jobs"]
         return cancelled
 
-    async def next_job(self, miner_id: str, wait_seconds: float) -> dict[str, Any] | None:
-        """Long-poll for a job this miner can run."""
+    async def next_job(
+        self, miner_id: str, wait_seconds: float, *, claim: bool = False
+    ) -> dict[str, Any] | None:
+        """Long-poll for a job this miner can run (``claim``: and claim it, in the same
+        request; a coordinator that predates it returns the job unclaimed)."""
+        params: dict[str, Any] = {"miner_id": miner_id, "wait": wait_seconds}
+        if claim:
+            params["claim"] = "true"
         response = await self._call(
-            "GET",
-            "/v1/jobs/available",
-            params={"miner_id": miner_id, "wait": wait_seconds},
-            read_seconds=wait_seconds + 30,
+            "GET", "/v1/jobs/available", params=params, read_seconds=wait_seconds + 30
         )
         job: dict[str, Any] | None = response.json()
         return job

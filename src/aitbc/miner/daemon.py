@@ -262,18 +262,29 @@ class Miner:
                 continue
             try:
                 job = await with_backoff(
-                    lambda: self.client.next_job(self.miner_id, self.config.poll_wait_seconds),
+                    lambda: self.client.next_job(
+                        self.miner_id, self.config.poll_wait_seconds, claim=True
+                    ),
                     what="polling for jobs",
                 )
-                if job is None or not self.backend_up.is_set():
+                if job is None:
                     self.slots.release()
                     continue
-                try:
-                    job = await self.client.claim(job["job_id"], self.miner_id)
-                except (Refused, CoordinatorUnavailable) as exc:
-                    log.info("could not claim %s: %s", job["job_id"], exc)
+                claimed = job.get("status") == "running" and job.get("miner_id") == self.miner_id
+                if not self.backend_up.is_set():
+                    if claimed:  # taken in the poll: give it back at once
+                        await self._fail(
+                            job["job_id"], "backend unreachable", retryable=True, handed_back=True
+                        )
                     self.slots.release()
                     continue
+                if not claimed:
+                    try:
+                        job = await self.client.claim(job["job_id"], self.miner_id)
+                    except (Refused, CoordinatorUnavailable) as exc:
+                        log.info("could not claim %s: %s", job["job_id"], exc)
+                        self.slots.release()
+                        continue
             except BaseException:
                 self.slots.release()
                 raise
@@ -296,6 +307,16 @@ class Miner:
 
         running.control.on_text = on_text
         self.running[job_id] = running
+        log.info(
+            "job %s started: %s, up to %d tokens (running %d of %d)",
+            job_id,
+            request.model,
+            request.max_tokens,
+            len(self.running),
+            self.config.concurrency,
+            extra={"job_id": job_id, "model": request.model},
+        )
+        started = time.monotonic()
         reporter = asyncio.create_task(self._report_progress(running))
         try:
             generation = await self.backend.generate(request, running.control)
@@ -321,6 +342,19 @@ class Miner:
                 await reporter
             self.running.pop(job_id, None)
             self.slots.release()
+        seconds = time.monotonic() - started
+        log.info(
+            "job %s done: %d tokens in %.2f s (%.1f tokens/s)",
+            job_id,
+            generation.completion_tokens,
+            seconds,
+            generation.completion_tokens / seconds if seconds > 0 else 0.0,
+            extra={
+                "job_id": job_id,
+                "completion_tokens": generation.completion_tokens,
+                "seconds": round(seconds, 3),
+            },
+        )
         units = generation.prompt_tokens + generation.completion_tokens
         statement = miner_statement(job_id, self.miner_id, text_hash(generation.text), units)
         completion = {
@@ -455,7 +489,16 @@ class Miner:
 
     # --- heartbeats ----------------------------------------------------------------
 
+    def state_line(self, status: str) -> str:
+        """The miner's state at a glance: idle, running N of M, draining."""
+        if status == "draining":
+            return f"draining ({len(self.running)} running)"
+        if not self.running:
+            return "idle"
+        return f"running {len(self.running)} of {self.config.concurrency}"
+
     async def _heartbeat_loop(self) -> None:
+        last_state: str | None = None
         while True:
             started = time.monotonic()
             status = (
@@ -463,6 +506,10 @@ class Miner:
                 if self.stopping.is_set() or not self.backend_up.is_set()
                 else ("busy" if len(self.running) >= self.config.concurrency else "online")
             )
+            state = self.state_line(status)
+            if state != last_state:
+                log.info("state: %s", state, extra={"state": status, "running": len(self.running)})
+                last_state = state
             beat = {
                 "status": status,
                 "utilisation": hardware_probe.utilisation(self.hardware),

@@ -28,6 +28,7 @@ from aitbc.sdk.errors import (
     ServiceUnavailable,
     ValidationError,
 )
+from aitbc.sdk.events import Event, EventStreamError
 from aitbc.sdk.receipts import (
     default_keyring_path,
     fetch_keys,
@@ -48,6 +49,8 @@ __all__ = [
     "BadRequest",
     "Client",
     "Conflict",
+    "Event",
+    "EventStreamError",
     "InsufficientFunds",
     "KeyRing",
     "NotFound",

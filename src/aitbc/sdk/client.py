@@ -45,6 +45,7 @@ from aitbc.sdk.errors import (
     ServiceUnavailable,
     error_from,
 )
+from aitbc.sdk.events import Event, event_stream
 from aitbc.sdk.receipts import verify_receipt
 
 T = TypeVar("T")
@@ -451,6 +452,18 @@ class AsyncClient(_Base):
                 raise error
             await asyncio.sleep(wait)
             attempt += 1
+
+    def events(
+        self, *channels: str, since: Mapping[str, int] | None = None, reconnect: bool = True
+    ) -> AsyncIterator[Event]:
+        """Live events of ``channels`` (``job_updates``, ``miner_heartbeats``,
+        ``blocks``, ``receipts``) from ``/ws``, reconnecting and resuming exactly
+        after a dropped connection (:mod:`aitbc.sdk.events`).
+
+        >>> async for event in client.events("job_updates"):
+        ...     print(event.type, event.data["job_id"])
+        """
+        return event_stream(self.base_url, self.api_key, channels, since, reconnect=reconnect)
 
     async def stream_events(
         self, job_id: str, last_event_id: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
+from aitbc.domain.canonical import sha256_hex
 from aitbc.domain.jobs import JobStatus, is_terminal
 from aitbc.domain.money import MAX_SUPPLY_MICRO
 from aitbc.domain.payment import settle
@@ -24,9 +25,11 @@ from aitbc.services import keys as key_service
 from aitbc.services import payment
 from aitbc.services._job_steps import held_job, timeout_values, transition
 from aitbc.services.auth import require_miner
+from aitbc.services.events import job_event, publish, receipt_event
 from aitbc.services.runtime import Principal, Runtime
-from aitbc.storage import job_queries, receipt_queries
+from aitbc.storage import event_queries, job_queries, receipt_queries
 from aitbc.storage.db import read, transaction
+from aitbc.storage.event_queries import NewEvent
 from aitbc.storage.job_queries import JobRecord
 
 # The template allowance of jobs claimed before miners declared theirs (migration 0004).
@@ -118,6 +121,9 @@ async def complete(
             raise
         return issued
     receipt_id = runtime.new_id("rcpt")
+    built: list[NewEvent] = []
+    # The completed job's model, for the token counter (set by the unit that commits).
+    completed: dict[str, str] = {}
 
     def work(connection: Connection) -> str | None:
         """The receipt, or None when the job timed out (committed as failed)."""
@@ -165,7 +171,8 @@ async def complete(
                     "the receipt's price would exceed the total AIT supply",
                     error_code="price_exceeds_supply",
                 )
-            signed = sign_receipt(receipt_body(terms), signer)
+            body = receipt_body(terms)
+            signed = sign_receipt(body, signer)
             document = signed.canonical.decode("utf-8")
             receipt_queries.insert_receipt(
                 connection,
@@ -179,6 +186,7 @@ async def complete(
             )
             timestamp = unix_seconds(now)
             hold = row.held_micro
+            anchor = payment.receipt_anchor(receipt_id, signed.canonical, timestamp)
             payment.settle_job(
                 connection,
                 client_id=row.client_id,
@@ -190,9 +198,20 @@ async def complete(
                     if hold
                     else None
                 ),
-                anchor=payment.receipt_anchor(receipt_id, signed.canonical, timestamp),
+                anchor=anchor,
                 timestamp=timestamp,
             )
+            built[:] = [
+                job_event(row, runtime.clock(), receipt_id=receipt_id),
+                receipt_event(
+                    body,
+                    sha256_hex(signed.canonical),
+                    anchor.id,
+                    timestamp,
+                ),
+            ]
+            event_queries.append(connection, built)
+            completed["model"] = row.model
             return document
         # Not completed by this call: say why (or repeat an identical completion).
         row = held_job(connection, job_id, miner_id)
@@ -212,11 +231,17 @@ async def complete(
             raise Conflict(f"job is {current.value}", error_code=f"job_{current.value}")
         if now < row.deadline_at:
             raise Conflict("the job changed state meanwhile", error_code="job_changed")
-        transition(connection, job_id, current, timeout_values(row, now))  # refunds
+        ended = transition(connection, job_id, current, timeout_values(row, now))  # refunds
+        built[:] = [job_event(ended, runtime.clock())]
+        event_queries.append(connection, built)
         return None
 
     receipt = await transaction(runtime.engine, work)
     runtime.streams.notify(job_id)
+    if "model" in completed:
+        runtime.metrics.receipts.inc()
+        runtime.metrics.tokens.labels(completed["model"]).inc(completion_tokens)
+    publish(runtime, built)
     if receipt is None:
         raise Conflict("job passed its timeout before completing", error_code="job_timed_out")
     return receipt

@@ -32,7 +32,7 @@ receipts only hash the prompt and the result, and jobs show their public columns
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,11 +134,23 @@ def receipt_summary(
 ) -> dict[str, Any]:
     """A receipt's public summary (``ReceiptSummary``): its public members, its hash
     (the SHA-256 of its canonical text) and where its receipt transaction is."""
-    document = orjson.loads(receipt.document)
+    return public_receipt(
+        orjson.loads(receipt.document),
+        receipt_hash,
+        None if anchor is None else anchor.id,
+        None if anchor is None else anchor.block_height,
+    )
+
+
+def public_receipt(
+    document: Mapping[str, Any], receipt_hash: str, tx_id: str | None, block_height: int | None
+) -> dict[str, Any]:
+    """The ``ReceiptSummary`` of a signed receipt's document (also the ``receipts``
+    channel's event data, services.events)."""
     summary = {name: document.get(name) for name in RECEIPT_SUMMARY_MEMBERS}
     summary["receipt_hash"] = receipt_hash
-    summary["tx_id"] = None if anchor is None else anchor.id
-    summary["block_height"] = None if anchor is None else anchor.block_height
+    summary["tx_id"] = tx_id
+    summary["block_height"] = block_height
     return summary
 
 

@@ -24,10 +24,12 @@ from aitbc.services import files as file_service
 from aitbc.services import payment
 from aitbc.services._job_steps import load_visible_job, offer_of, transition
 from aitbc.services.auth import require_client, require_role
+from aitbc.services.events import job_event, publish
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.services.views import JobDocument, job_document, job_list_document
-from aitbc.storage import job_queries, ledger_queries, queries
+from aitbc.storage import event_queries, job_queries, ledger_queries, queries
 from aitbc.storage.db import read, transaction
+from aitbc.storage.event_queries import NewEvent
 from aitbc.storage.job_queries import JobRecord
 
 
@@ -99,16 +101,22 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
         "held_micro": hold_micro,
     }
 
+    built: list[NewEvent] = []
+
     def work(connection: Connection) -> JobRecord:
         # The hold first: a client whose balance is short gets 402 and nothing is
         # written (the transaction rolls back with the error).
         payment.hold_for_job(connection, client_id, job_id, hold_micro, unix_seconds(now))
-        return job_queries.insert_job(connection, values)
+        row = job_queries.insert_job(connection, values)
+        built[:] = [job_event(row, runtime.clock())]
+        event_queries.append(connection, built)
+        return row
 
     try:
         row = await transaction(runtime.engine, work)
     except InsufficientFunds:
         raise await _short_of_funds(runtime, client_id, hold_micro) from None
+    publish(runtime, built)
     offer = offer_of(row)
     runtime.dispatcher.publish(offer)
     return offer.payload
@@ -196,12 +204,13 @@ async def cancel(runtime: Runtime, principal: Principal, job_id: str) -> JobDocu
     """Cancel a pending or running job; 409 once it is terminal."""
     require_role(principal, "client", "admin")
     now = runtime.clock()
+    built: list[NewEvent] = []
 
     def work(connection: Connection) -> JobRecord:
         row = load_visible_job(connection, principal, job_id)
         current = JobStatus(row.status)
         ensure_transition(current, JobStatus.CANCELLED)
-        return transition(
+        updated = transition(
             connection,
             job_id,
             current,
@@ -213,10 +222,14 @@ async def cancel(runtime: Runtime, principal: Principal, job_id: str) -> JobDocu
                 "error_code": "cancelled",
             },
         )
+        built[:] = [job_event(updated, runtime.clock())]
+        event_queries.append(connection, built)
+        return updated
 
     updated = await transaction(runtime.engine, work)
     runtime.dispatcher.release(job_id)
     runtime.streams.notify(job_id)
+    publish(runtime, built)
     return job_document(updated)
 
 

@@ -36,8 +36,9 @@ from aitbc.domain.ledger import (
 )
 from aitbc.domain.signing import SigningKey
 from aitbc.domain.timestamps import unix_seconds
+from aitbc.services.events import block_event, publish
 from aitbc.services.runtime import Runtime, SealedState
-from aitbc.storage import ledger_queries
+from aitbc.storage import event_queries, ledger_queries
 from aitbc.storage.db import transaction
 from aitbc.storage.ledger_queries import StoredBlock
 
@@ -95,6 +96,7 @@ def _seal(
             state=genesis_state,
         )
         ledger_queries.insert_block(connection, genesis)
+        event_queries.append(connection, [block_event(genesis, now)])
         return genesis, SealedState(genesis.hash, genesis_state)
     pending = ledger_queries.pending_transactions(connection, MAX_BLOCK_TRANSACTIONS)
     if not pending and not seal_empty:
@@ -127,6 +129,7 @@ def _seal(
     ledger_queries.write_chain_balances(
         connection, {address: state.balance(address) for address in touched}
     )
+    event_queries.append(connection, [block_event(block, now)])
     return block, SealedState(block.hash, state)
 
 
@@ -151,6 +154,14 @@ async def seal_once(runtime: Runtime) -> StoredBlock | None:
     if result is None:
         return None
     block, runtime.sealed_state = result
+    runtime.metrics.blocks.inc()
+    publish(runtime, ())
+    log.info(
+        "block %d sealed: %d transactions",
+        block.height,
+        block.tx_count,
+        extra={"height": block.height, "block_hash": block.hash, "transactions": block.tx_count},
+    )
     return block
 
 

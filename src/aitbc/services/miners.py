@@ -15,8 +15,9 @@ from aitbc.errors import Conflict, NotFound, PermissionDenied
 from aitbc.schemas import Heartbeat, HeartbeatAck, MinerCredentials, MinerRegistration
 from aitbc.services import keys as key_service
 from aitbc.services.auth import add_key, require_miner
+from aitbc.services.events import heartbeat_event, publish
 from aitbc.services.runtime import Principal, Runtime
-from aitbc.storage import job_queries, ledger_queries, miner_queries
+from aitbc.storage import event_queries, job_queries, ledger_queries, miner_queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.models import Miner
 
@@ -159,14 +160,26 @@ async def heartbeat(
         ):
             raise NotFound(f"miner {miner_id} not found", error_code="miner_not_found")
         job_queries.renew_leases(connection, miner_id, lease_until, listed)
-        if not listed:
-            return []
-        known = job_queries.statuses(connection, listed)
-        return [
-            job_id for job_id in listed if known.get(job_id) != (JobStatus.RUNNING.value, miner_id)
-        ]
+        stopped: list[str] = []
+        if listed:
+            known = job_queries.statuses(connection, listed)
+            stopped = [
+                job_id
+                for job_id in listed
+                if known.get(job_id) != (JobStatus.RUNNING.value, miner_id)
+            ]
+        event_queries.append(
+            connection,
+            [
+                heartbeat_event(
+                    miner_id, beat.status, beat.utilisation, len(listed) - len(stopped), now
+                )
+            ],
+        )
+        return stopped
 
     stopped = await transaction(runtime.engine, work)
+    publish(runtime, ())
     return HeartbeatAck(miner_id=miner_id, status="ok", cancelled_jobs=stopped)
 
 

@@ -20,6 +20,9 @@ from aitbc.domain.signing import KeyRing, SigningKey
 from aitbc.errors import ServiceUnavailable
 from aitbc.services.dispatch import Dispatcher
 from aitbc.services.estimates import EstimateCache
+from aitbc.services.event_bus import EventBus, MemoryBus
+from aitbc.services.event_hub import EventHub
+from aitbc.services.metrics import Metrics
 from aitbc.services.stream_hub import StreamHub
 from aitbc.services.views import JobDocument
 from aitbc.settings import Settings
@@ -94,6 +97,12 @@ class Runtime:
     sealed_state: SealedState | None = None
     # Readers of job streams in this process, woken after each change commits.
     streams: StreamHub = field(default_factory=StreamHub)
+    # /ws subscribers in this process, fed with committed events (services.event_hub),
+    # and the bus that carries wake-ups between processes (services.event_bus).
+    events: EventHub = field(default_factory=EventHub)
+    event_bus: EventBus = field(default_factory=MemoryBus)
+    # This process's Prometheus metrics (services.metrics).
+    metrics: Metrics = field(default_factory=Metrics)
     # Fire-and-forget work that must outlive the request that started it.
     background_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 

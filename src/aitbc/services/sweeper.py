@@ -9,6 +9,7 @@ import logging
 from sqlalchemy import Connection
 
 from aitbc.domain.jobs import JobStatus, status_after_lost_attempt
+from aitbc.domain.timestamps import unix_seconds
 from aitbc.services import files, miners
 from aitbc.services._job_steps import (
     LEASE_LAPSED_ERROR_CODE,
@@ -17,15 +18,19 @@ from aitbc.services._job_steps import (
     refund_if_ended,
     timeout_values,
 )
+from aitbc.services.events import job_event, publish
 from aitbc.services.runtime import Runtime
-from aitbc.storage import job_queries
+from aitbc.storage import event_queries, job_queries
 from aitbc.storage.db import transaction
+from aitbc.storage.event_queries import NewEvent
 from aitbc.storage.job_queries import JobRecord
 
 log = logging.getLogger(__name__)
 # Jobs one sweep changes at most: a sweep is one transaction, and on SQLite it runs
 # on the event loop, so a huge backlog is worked off over several sweeps instead.
 SWEEP_BATCH = 500
+# Events one sweep prunes at most (the oldest first).
+EVENT_PRUNE_BATCH = 5000
 
 
 async def sweep_jobs(runtime: Runtime) -> dict[str, int]:
@@ -37,16 +42,18 @@ async def sweep_jobs(runtime: Runtime) -> dict[str, int]:
     now = runtime.clock()
     max_attempts = runtime.settings.max_attempts
 
-    def work(connection: Connection) -> tuple[list[str], list[JobRecord], int]:
+    def work(connection: Connection) -> tuple[list[str], list[JobRecord], int, list[NewEvent]]:
         timed_out: list[str] = []
         requeued: list[JobRecord] = []
         failed = 0
+        events: list[NewEvent] = []
         for row in job_queries.overdue(connection, now, SWEEP_BATCH):
             values = timeout_values(row, now)
             ended = job_queries.transition(connection, row.id, JobStatus(row.status), values)
             if ended is not None:
                 refund_if_ended(connection, ended)
                 timed_out.append(row.id)
+                events.append(job_event(ended, now, miner_id=row.miner_id))
         for row in job_queries.lapsed(connection, now, SWEEP_BATCH):
             target = status_after_lost_attempt(row.attempts, max_attempts)
             error = (
@@ -68,13 +75,17 @@ async def sweep_jobs(runtime: Runtime) -> dict[str, int]:
             if updated is None:
                 continue
             refund_if_ended(connection, updated)
+            events.append(job_event(updated, now, miner_id=row.miner_id))
             if target is JobStatus.PENDING:
                 requeued.append(updated)
             else:
                 failed += 1
-        return timed_out, requeued, failed
+        event_queries.append(connection, events)
+        return timed_out, requeued, failed, events
 
-    timed_out, requeued, failed = await transaction(runtime.engine, work)
+    timed_out, requeued, failed, events = await transaction(runtime.engine, work)
+    if events:
+        publish(runtime, events)
     for job_id in timed_out:
         runtime.dispatcher.release(job_id)
         runtime.streams.notify(job_id)
@@ -89,7 +100,14 @@ async def sweep_once(runtime: Runtime) -> dict[str, int]:
     counts = await sweep_jobs(runtime)
     counts["miners_offline"] = await miners.mark_offline(runtime)
     counts["files_expired"] = await files.delete_expired(runtime)
+    counts["events_pruned"] = await prune_events(runtime)
     return counts
+
+
+async def prune_events(runtime: Runtime) -> int:
+    """Forget events older than ``event_retention_seconds`` (a batch per pass)."""
+    cutoff = unix_seconds(runtime.clock()) - runtime.settings.event_retention_seconds
+    return await transaction(runtime.engine, event_queries.prune, cutoff, EVENT_PRUNE_BATCH)
 
 
 async def run_forever(runtime: Runtime) -> None:

@@ -7,6 +7,7 @@ does not match does the service read the job again to say why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timedelta
 from typing import NoReturn
 
@@ -20,7 +21,7 @@ from aitbc.domain.jobs import (
     status_after_lost_attempt,
     within_price,
 )
-from aitbc.errors import Conflict, NotFound, PermissionDenied
+from aitbc.errors import AITBCError, Conflict, NotFound, PermissionDenied
 from aitbc.schemas import FailureReport, ProgressAck, ProgressReport
 from aitbc.services import miners as miner_service
 from aitbc.services._job_steps import (
@@ -33,10 +34,12 @@ from aitbc.services._job_steps import (
 )
 from aitbc.services.auth import require_miner
 from aitbc.services.dispatch import RECHECK_SECONDS, Dispatcher, Taker
+from aitbc.services.events import job_event, progress_event, publish
 from aitbc.services.runtime import Principal, Runtime
 from aitbc.services.views import JobDocument, job_document
-from aitbc.storage import job_queries, miner_queries, stream_queries
+from aitbc.storage import event_queries, job_queries, miner_queries, stream_queries
 from aitbc.storage.db import read, transaction
+from aitbc.storage.event_queries import NewEvent
 from aitbc.storage.job_queries import JobRecord
 
 
@@ -74,6 +77,51 @@ async def next_for_miner(
         offer = await dispatcher.wait(taker, generation, min(remaining, RECHECK_SECONDS))
         if offer is not None:
             return offer.payload
+
+
+async def take_next(
+    runtime: Runtime, principal: Principal, miner_id: str, wait_seconds: float
+) -> JobDocument | None:
+    """Poll and claim in one request (``GET /v1/jobs/available?claim=true``): the next
+    job this miner may run, already claimed by it, or None after ``wait_seconds``.
+
+    A miner that claims what it is offered saves a round trip per job this way (the
+    time to a job's first token, above all). A job another request took first is
+    passed over and the wait goes on.
+    """
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + min(max(wait_seconds, 0.0), runtime.settings.max_long_poll_seconds)
+    while True:
+        offered = await next_for_miner(
+            runtime, principal, miner_id, max(give_up_at - loop.time(), 0.0)
+        )
+        if offered is None:
+            return None
+        claiming = asyncio.ensure_future(claim(runtime, principal, offered["job_id"], miner_id))
+        try:
+            return await asyncio.shield(claiming)
+        except (Conflict, PermissionDenied) as exc:
+            if exc.error_code == "miner_busy" or loop.time() >= give_up_at:
+                return None
+        except asyncio.CancelledError:
+            # The miner hung up while its claim was being made: a job it will never
+            # hear of goes back to the queue at once, its attempt given back.
+            await _hand_back_unheard(runtime, principal, claiming, miner_id)
+            raise
+
+
+async def _hand_back_unheard(
+    runtime: Runtime, principal: Principal, claiming: asyncio.Future[JobDocument], miner_id: str
+) -> None:
+    try:
+        job = await claiming
+    except Exception:  # the claim did not happen: nothing to give back
+        return
+    report = FailureReport(
+        miner_id=miner_id, error="the poll that claimed it was abandoned", handed_back=True
+    )
+    with contextlib.suppress(AITBCError):
+        await report_failure(runtime, principal, job["job_id"], report)
 
 
 def _take_next_pending(
@@ -121,15 +169,22 @@ async def claim(runtime: Runtime, principal: Principal, job_id: str, miner_id: s
     now = runtime.clock()
     lease_until = now + timedelta(seconds=runtime.settings.lease_seconds)
 
+    built: list[NewEvent] = []
+
     def work(connection: Connection) -> JobRecord:
         row = job_queries.claim(connection, hardware, declared, job_id, miner_id, now, lease_until)
         if row is None:
             _explain_refused_claim(connection, job_id, miner_id, hardware, now)
+        built[:] = [job_event(row, runtime.clock())]
+        event_queries.append(connection, built)
         return row
 
     row = await transaction(runtime.engine, work)
     runtime.dispatcher.claimed(job_id, miner_id)
     runtime.streams.notify(job_id)
+    if row.attempts == 1:
+        runtime.metrics.dispatch_seconds.observe(max((now - row.created_at).total_seconds(), 0))
+    publish(runtime, built)
     return job_document(row)
 
 
@@ -173,7 +228,9 @@ async def report_progress(
     """Record progress and renew the lease, and store the text generated since the
     last report; tell the miner to stop if the job ended."""
     require_miner(principal, report.miner_id)
-    lease_until = runtime.clock() + timedelta(seconds=runtime.settings.lease_seconds)
+    now = runtime.clock()
+    lease_until = now + timedelta(seconds=runtime.settings.lease_seconds)
+    built: list[NewEvent] = []
 
     def work(connection: Connection) -> ProgressAck:
         recorded = job_queries.record_progress(
@@ -187,12 +244,23 @@ async def report_progress(
                 progress=row.progress,
                 should_stop=True,
             )
-        progress, attempt = recorded
+        progress, attempt, client_id = recorded
         streamed = stream_queries.streamed_length(connection, job_id, attempt)
         if report.delta is not None and report.offset is not None:
             streamed = _take_delta(
                 connection, job_id, attempt, streamed, report.offset, report.delta
             )
+        built[:] = [
+            progress_event(
+                job_id,
+                client_id,
+                report.miner_id,
+                progress,
+                streamed if report.delta is not None else None,
+                runtime.clock(),
+            )
+        ]
+        event_queries.append(connection, built)
         return ProgressAck(
             job_id=job_id,
             status=JobStatus.RUNNING,
@@ -204,6 +272,8 @@ async def report_progress(
     ack = await transaction(runtime.engine, work)
     if report.delta is not None:
         runtime.streams.notify(job_id)
+    if built:
+        publish(runtime, built)
     return ack
 
 
@@ -235,6 +305,7 @@ async def report_failure(
     """
     require_miner(principal, report.miner_id)
     now = runtime.clock()
+    built: list[NewEvent] = []
 
     def work(connection: Connection) -> JobRecord:
         row = held_job(connection, job_id, report.miner_id)
@@ -257,12 +328,17 @@ async def report_failure(
             values = lost_attempt_values(target, now, report.error, "miner_error")
         # Only if this attempt still holds the job (it may have been requeued and
         # claimed by another miner since it was read).
-        return transition(
+        updated = transition(
             connection, job_id, current, values, attempt=(report.miner_id, row.attempts)
         )
+        # A requeued job's event still names the miner that gave it up (who may see it).
+        built[:] = [job_event(updated, runtime.clock(), miner_id=report.miner_id)]
+        event_queries.append(connection, built)
+        return updated
 
     updated = await transaction(runtime.engine, work)
     runtime.streams.notify(job_id)
+    publish(runtime, built)
     if updated.status == JobStatus.PENDING.value:
         offer = offer_of(updated)
         runtime.dispatcher.publish(offer)

@@ -284,15 +284,15 @@ _PROGRESS = (
         ),
         lease_expires_at=bindparam("lease_until"),
     )
-    .returning(C.progress, C.attempts)
+    .returning(C.progress, C.attempts, C.client_id)
 )
 
 
 def record_progress(
     connection: Connection, job_id: str, miner_id: str, progress: int, lease_until: datetime
-) -> tuple[int, int] | None:
+) -> tuple[int, int, str] | None:
     """Raise a running job's progress (never lower it) and renew its lease; its
-    progress and attempt number, or None when this miner does not run it."""
+    progress, attempt number and client, or None when this miner does not run it."""
     row = (
         connection.execute(
             _PROGRESS,
@@ -304,7 +304,7 @@ def record_progress(
             },
         )
     ).first()
-    return None if row is None else (int(row.progress), int(row.attempts))
+    return None if row is None else (int(row.progress), int(row.attempts), str(row.client_id))
 
 
 _INSERT = insert(JOBS).returning(JOBS)

@@ -347,3 +347,53 @@ class JobStreamChunk(Base):
     start: Mapped[int] = mapped_column(Integer, primary_key=True)
     stop: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
+
+
+class EventRecord(Base):
+    """One live event (DESIGN.md section 8), written in the transaction of the change
+    it reports, so ``/ws`` can resume any channel from the database (``since``).
+
+    ``seq`` is the order events committed in, which is what makes resumption exact:
+    SQLite has one writer at a time; on PostgreSQL a trigger (migration 0007) takes a
+    transaction-level advisory lock before it numbers a row, so a transaction that
+    numbers events later also commits later, and nobody ever sees event n + 1
+    without event n. On SQLite the row id is one more than the largest in use;
+    pruning never deletes the newest event, so an offset is never handed out twice
+    (AUTOINCREMENT would too, for one more page written by every job step).
+    """
+
+    __tablename__ = "events"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    channel: Mapped[str] = mapped_column(String(32))
+    type: Mapped[str] = mapped_column(String(32))
+    # A job event's client and miner: who may see it (None for public channels).
+    client_id: Mapped[str | None] = mapped_column(String(64))
+    miner_id: Mapped[str | None] = mapped_column(String(128))
+    # Unix seconds: what retention prunes by.
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        # A resume reads one channel after an offset. Job and receipt events, most of
+        # the log and written by every job step, are found by a scan from ``since``
+        # instead: an index page less in every step's commit.
+        _partial(
+            "ix_events_sparse_channels",
+            "channel IN ('blocks', 'miner_heartbeats')",
+            "channel",
+            "seq",
+        ),
+    )
+
+
+class EventLogState(Base):
+    """The event log's one row: the newest offset pruned away. A ``since`` below it
+    asks for events that are gone, which is an error, never a silent gap."""
+
+    __tablename__ = "event_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    pruned_through: Mapped[int] = mapped_column(BigInteger, default=0)

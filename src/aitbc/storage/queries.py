@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aitbc.domain.jobs import JobStatus
@@ -98,3 +98,29 @@ async def count_miners(session: AsyncSession) -> int:
 async def all_miners(session: AsyncSession) -> Sequence[Miner]:
     """Every registered miner, by id."""
     return (await session.scalars(select(Miner).order_by(Miner.id))).all()
+
+
+def job_counts_and_online_miners(
+    connection: Connection, now: datetime, offline_after_seconds: float
+) -> tuple[dict[str, int], int]:
+    """Jobs per status and how many miners take work now (``online_miners``'s rule),
+    in a unit of work (the metrics scrape)."""
+    counts = {
+        status: int(count)
+        for status, count in connection.execute(
+            select(Job.status, func.count()).group_by(Job.status)
+        )
+    }
+    seen_since = now - timedelta(seconds=offline_after_seconds)
+    online = connection.execute(
+        select(func.count())
+        .select_from(Miner)
+        .where(
+            Miner.status.in_(("online", "busy")),
+            or_(
+                Miner.last_heartbeat_at >= seen_since,
+                and_(Miner.last_heartbeat_at.is_(None), Miner.registered_at >= seen_since),
+            ),
+        )
+    ).scalar_one()
+    return counts, int(online)
