@@ -463,3 +463,36 @@ async def test_a_connection_asking_too_often_is_told_so(
         replies = [await ws.request("ping") for _ in range(4)]
     assert [reply.get("result") for reply in replies[:3]] == [{"pong": True}] * 3
     assert replies[3]["error"]["code"] == "rate_limited"
+
+
+async def test_offsets_follow_commit_order_on_postgresql(
+    coordinator: Coordinator, ws_url: str
+) -> None:
+    if coordinator.backend != "postgresql":
+        pytest.skip("SQLite has one writer: row ids are in commit order already")
+    engine = coordinator.runtime.engine
+
+    def beat(miner_id: str) -> Any:
+        return lambda connection: event_queries.append(
+            connection, [heartbeat_event(miner_id, "online", None, 0, coordinator.clock())]
+        )
+
+    async with event_socket(ws_url) as ws:
+        await ws.subscribe("miner_heartbeats")
+        async with engine.connect() as first, engine.connect() as second:
+            await first.begin()
+            await first.run_sync(beat("written-first"))
+            await second.begin()
+            await second.run_sync(beat("committed-first"))
+            await second.commit()
+            # Numbered while the first is still open (here, or by the stream's own
+            # numbering, woken by the NOTIFY): only what committed gets an offset.
+            await transaction(engine, event_queries.number_pending, 100)
+            await first.commit()
+        coordinator.runtime.events.committed()
+        received = [await ws.next_event() for _ in range(2)]
+    assert [event["data"]["miner_id"] for event in received] == [
+        "committed-first",
+        "written-first",
+    ]
+    assert received[0]["seq"] < received[1]["seq"]

@@ -147,6 +147,12 @@ async def test_one_log_line_per_request_and_per_job_transition_never_a_secret(
     # Each transition line carries the id of the request that made it.
     for transition in transitions:
         assert transition["request_id"] in {line["request_id"] for line in requests}
+    # Registrations are logged with their ids.
+    assert any(
+        line["logger"] == "aitbc.services.miners" and line.get("miner_id") == MINER
+        for line in lines
+    )
+    assert any(line["logger"] == "aitbc.services.auth" and "client_id" in line for line in lines)
     text = json_log.getvalue()
     for secret in (client["X-Api-Key"], miner["X-Api-Key"], PROMPT, RESULT, "test-admin-key"):
         assert secret not in text

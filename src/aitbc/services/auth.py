@@ -172,6 +172,7 @@ async def register_client(runtime: Runtime, name: str | None) -> ClientCredentia
         await session.run_sync(
             lambda sync: _open_client_account(sync.connection(), client_id, grant_micro, now)
         )
+    log.info("client %s registered", client_id, extra={"client_id": client_id})
     return ClientCredentials(client_id=client_id, api_key=secret)
 
 

@@ -34,7 +34,7 @@ from aitbc.domain.events import Channel, Event, Viewer, audience_keys, frame, vi
 from aitbc.errors import Conflict, Gone
 from aitbc.settings import Settings
 from aitbc.storage import event_queries
-from aitbc.storage.db import read
+from aitbc.storage.db import read, transaction
 from aitbc.storage.event_queries import LogBounds, SqliteEventReader
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,9 @@ class EventHub:
         ``on_subscribed`` is called with each channel's starting offset before any
         replayed event is queued (so the acknowledgement goes first).
         """
+        # PostgreSQL: what committed before this subscription gets its offset first,
+        # so "from now" starts after it.
+        await transaction(engine, event_queries.number_pending, PUMP_BATCH)  # type: ignore[arg-type]
         bounds: LogBounds = await read(engine, event_queries.bounds)  # type: ignore[arg-type]
         for channel, offset in since.items():
             if offset < bounds.pruned_through:
@@ -352,6 +355,14 @@ class EventHub:
                 if reader is not None:
                     events = reader.after(last, PUMP_BATCH)
                 else:
+                    # PostgreSQL: number what committed since (the events' offsets).
+                    numbered = await transaction(
+                        engine,  # type: ignore[arg-type]
+                        event_queries.number_pending,
+                        PUMP_BATCH,
+                    )
+                    if numbered == PUMP_BATCH:
+                        self._wake.set()
                     events = await read(engine, event_queries.after, last, PUMP_BATCH)  # type: ignore[arg-type]
             except asyncio.CancelledError:
                 raise

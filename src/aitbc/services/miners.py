@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +21,8 @@ from aitbc.services.runtime import Principal, Runtime
 from aitbc.storage import event_queries, job_queries, ledger_queries, miner_queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.models import Miner
+
+log = logging.getLogger(__name__)
 
 # A re-registration through another coordinator (several can share one PostgreSQL
 # database) reaches this one's cache within this time.
@@ -58,6 +61,15 @@ async def register(
     runtime.hardware_cache.pop(miner_id, None)
     runtime.miner_keys_cache.pop(miner_id, None)
     runtime.estimates.invalidate()
+    log.info(
+        "miner %s %s: %s at %s AIT per 1,000 tokens, %d at once",
+        miner_id,
+        "registered" if credentials is not None else "updated its registration",
+        ", ".join(sorted(set(registration.capabilities))) or "no models",
+        registration.price,
+        registration.concurrency,
+        extra={"miner_id": miner_id},
+    )
     return credentials
 
 

@@ -105,7 +105,10 @@ async def sweep_once(runtime: Runtime) -> dict[str, int]:
 
 
 async def prune_events(runtime: Runtime) -> int:
-    """Forget events older than ``event_retention_seconds`` (a batch per pass)."""
+    """Forget events older than ``event_retention_seconds`` (a batch per pass). On
+    PostgreSQL, first give offsets to committed events nobody's stream numbered yet
+    (no subscriber anywhere): every event gets its offset within a sweep."""
+    await transaction(runtime.engine, event_queries.number_pending, EVENT_PRUNE_BATCH)
     cutoff = unix_seconds(runtime.clock()) - runtime.settings.event_retention_seconds
     return await transaction(runtime.engine, event_queries.prune, cutoff, EVENT_PRUNE_BATCH)
 

@@ -2,10 +2,10 @@
 offset (live delivery and resumption), and pruning by age.
 
 Appends are on the lifecycle's hot path (every job step writes one), so they run on
-the driver's cursor (``storage.driver``). Each caller appends its events as the last
-statement of its transaction: on PostgreSQL numbering takes the event log's
-advisory lock (migration 0007), held until commit, and nothing may wait for another
-lock while holding it.
+the driver's cursor (``storage.driver``), as the last statement of the caller's
+transaction. On SQLite an event's row id is its offset (one writer at a time: commit
+order). On PostgreSQL events are written with a negative placeholder and numbered
+once committed, by :func:`number_pending` (migration 0007 says why).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import NamedTuple, cast
 
-from sqlalchemy import Connection, Table, delete, func, select, update
+from sqlalchemy import Connection, Table, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aitbc.domain.events import Channel, Event, Viewer
@@ -24,7 +24,7 @@ from aitbc.storage.models import EventLogState, EventRecord
 EVENTS = cast(Table, EventRecord.__table__)
 EVENT_LOG = cast(Table, EventLogState.__table__)
 E = EVENTS.c
-# "AITBCEVT" in ASCII: the PostgreSQL advisory lock events are numbered under.
+# "AITBCEVT" in ASCII: the PostgreSQL advisory lock of the numbering transaction.
 EVENTS_LOCK_KEY = 0x4149544243455654
 # What PostgreSQL NOTIFYs when a transaction that appended events commits.
 NOTIFY_CHANNEL = "aitbc_events"
@@ -65,7 +65,7 @@ def _events(rows: Sequence[object]) -> list[Event]:
 
 def after(connection: Connection, seq: int, limit: int) -> list[Event]:
     """Events of every channel after offset ``seq``, oldest first (live delivery)."""
-    statement = select(*_COLUMNS).where(E.seq > seq).order_by(E.seq).limit(limit)
+    statement = select(*_COLUMNS).where(E.seq > max(seq, 0)).order_by(E.seq).limit(limit)
     return _events(connection.execute(statement).all())
 
 
@@ -82,8 +82,51 @@ def channel_after(
 
 
 def newest_seq(connection: Connection) -> int:
-    """The offset of the newest event (0 when there is none)."""
-    return int(connection.execute(select(func.coalesce(func.max(E.seq), 0))).scalar_one())
+    """The offset of the newest numbered event (0 when there is none)."""
+    return int(
+        connection.execute(select(func.coalesce(func.max(E.seq), 0)).where(E.seq > 0)).scalar_one()
+    )
+
+
+# The committed unnumbered events, in the order they were written (placeholders are
+# -1, -2, ... by insertion), get the next offsets, in that order.
+_NUMBER_PENDING = text(
+    """
+    WITH batch AS (
+        SELECT seq AS placeholder FROM events WHERE seq < 0
+        ORDER BY seq DESC LIMIT :limit
+    ), numbered AS (
+        SELECT placeholder, nextval(pg_get_serial_sequence('events', 'seq')) AS assigned
+        FROM (SELECT placeholder FROM batch ORDER BY placeholder DESC) AS in_order
+    )
+    UPDATE events SET seq = numbered.assigned FROM numbered
+    WHERE events.seq = numbered.placeholder
+    """
+)
+
+
+def number_pending(connection: Connection, limit: int) -> int:
+    """PostgreSQL: give offsets to up to ``limit`` committed unnumbered events, in the
+    order they were written, and NOTIFY the listeners; how many were numbered (-1:
+    another coordinator is numbering now, and will notify).
+
+    One numbering transaction at a time (an advisory lock, held to its commit): a
+    later one draws higher offsets and commits after, so an offset is never seen
+    before a lower one. Events of transactions still running are not visible yet:
+    a later round numbers them."""
+    if connection.dialect.name != "postgresql":
+        return 0
+    locked = connection.execute(
+        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": EVENTS_LOCK_KEY}
+    ).scalar_one()
+    if not locked:
+        return -1
+    numbered = connection.execute(_NUMBER_PENDING, {"limit": limit}).rowcount or 0
+    if numbered:
+        connection.execute(
+            text("SELECT pg_notify(:channel, 'numbered')"), {"channel": NOTIFY_CHANNEL}
+        )
+    return int(numbered)
 
 
 class LogBounds(NamedTuple):
@@ -110,10 +153,13 @@ def prune(connection: Connection, created_before: int, batch: int) -> int:
     young enough), so every offset after the mark is still there; and never the
     newest event, whose offset SQLite numbers the next one from. The usual case,
     nothing old enough, costs one index lookup."""
-    oldest = connection.execute(select(E.created_at).order_by(E.seq).limit(1)).scalar_one_or_none()
+    numbered = E.seq > 0  # PostgreSQL's placeholders wait for their offsets
+    oldest = connection.execute(
+        select(E.created_at).where(numbered).order_by(E.seq).limit(1)
+    ).scalar_one_or_none()
     if oldest is None or oldest >= created_before:
         return 0
-    prefix = select(E.seq, E.created_at).order_by(E.seq).limit(batch).subquery()
+    prefix = select(E.seq, E.created_at).where(numbered).order_by(E.seq).limit(batch).subquery()
     first_kept = connection.execute(
         select(func.min(prefix.c.seq)).where(prefix.c.created_at >= created_before)
     ).scalar_one_or_none()
@@ -125,7 +171,7 @@ def prune(connection: Connection, created_before: int, batch: int) -> int:
         through = min(through, newest_seq(connection) - 1)
     if not through:
         return 0
-    deleted = connection.execute(delete(EVENTS).where(E.seq <= through)).rowcount
+    deleted = connection.execute(delete(EVENTS).where(numbered, E.seq <= through)).rowcount
     connection.execute(
         update(EVENT_LOG)
         .where(EVENT_LOG.c.id == 1, EVENT_LOG.c.pruned_through < through)

@@ -354,10 +354,10 @@ class EventRecord(Base):
     it reports, so ``/ws`` can resume any channel from the database (``since``).
 
     ``seq`` is the order events committed in, which is what makes resumption exact:
-    SQLite has one writer at a time; on PostgreSQL a trigger (migration 0007) takes a
-    transaction-level advisory lock before it numbers a row, so a transaction that
-    numbers events later also commits later, and nobody ever sees event n + 1
-    without event n. On SQLite the row id is one more than the largest in use;
+    SQLite has one writer at a time; on PostgreSQL events are written with negative
+    placeholders and numbered once committed, one numbering transaction at a time
+    (migration 0007, ``event_queries.number_pending``), so nobody ever sees event
+    n + 1 without event n. On SQLite the row id is one more than the largest in use;
     pruning never deletes the newest event, so an offset is never handed out twice
     (AUTOINCREMENT would too, for one more page written by every job step).
     """

@@ -4,14 +4,15 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-04 02:00:00
 
-On PostgreSQL a row trigger numbers each event under a transaction-level advisory
-lock: the lock is held until the transaction ends, so a transaction that numbers an
-event after another also commits after it, and a reader that sees event n + 1 sees
-event n (a sequence alone would let n + 1 commit first, and a subscriber resuming
-after n + 1 would never get n). Every event is inserted last in its transaction, so
-the lock is held only for the commit. The same trigger queues a NOTIFY, which
-PostgreSQL delivers when the transaction commits and never when it rolls back: the
-event bus between coordinator processes (services.event_bus).
+On PostgreSQL an event is written unnumbered: a row trigger gives it a negative
+placeholder (from a sequence of its own; readers only ask for offsets above one they
+have seen, so never see it) and queues a NOTIFY, which PostgreSQL delivers when the
+transaction commits and never when it rolls back. Offsets are given afterwards, to
+committed events only, by one numbering transaction at a time
+(storage.event_queries.number_pending, under an advisory lock): so an offset is
+never visible before a lower one, and resuming after n never skips an event. A
+sequence in the writing transaction would let n + 1 commit before n; numbering there
+under a lock held to commit would serialise every job step's commit instead.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ branch_labels = None
 depends_on = None
 
 _SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-# "AITBCEVT" in ASCII; storage.event_queries.EVENTS_LOCK_KEY.
-_LOCK_KEY = 0x4149544243455654
 # storage.event_queries.NOTIFY_CHANNEL.
 _NOTIFY_CHANNEL = "aitbc_events"
 
@@ -58,12 +57,12 @@ def upgrade() -> None:
     )
     op.execute("INSERT INTO event_log (id, pruned_through) VALUES (1, 0)")
     if op.get_bind().dialect.name == "postgresql":
+        op.execute("CREATE SEQUENCE events_pending_seq")
         op.execute(
             f"""
             CREATE FUNCTION aitbc_number_event() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                PERFORM pg_advisory_xact_lock({_LOCK_KEY});
-                NEW.seq := nextval(pg_get_serial_sequence('events', 'seq'));
+                NEW.seq := -nextval('events_pending_seq');
                 PERFORM pg_notify('{_NOTIFY_CHANNEL}', '');
                 RETURN NEW;
             END
@@ -81,6 +80,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER events_number ON events")
         op.execute("DROP FUNCTION aitbc_number_event()")
+        op.execute("DROP SEQUENCE events_pending_seq")
     op.drop_table("event_log")
     op.drop_index("ix_events_sparse_channels", table_name="events")
     op.drop_table("events")
