@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_sync
 
 from aitbc.api.routers import events as events_router
+from aitbc.domain.events import Channel, Viewer
 from aitbc.services import ledger
 from aitbc.services.events import heartbeat_event
 from aitbc.storage import event_queries
@@ -465,7 +466,7 @@ async def test_a_connection_asking_too_often_is_told_so(
     assert replies[3]["error"]["code"] == "rate_limited"
 
 
-async def test_offsets_follow_commit_order_on_postgresql(
+async def test_an_open_transaction_holds_back_no_one_elses_event_on_postgresql(
     coordinator: Coordinator, ws_url: str
 ) -> None:
     if coordinator.backend != "postgresql":
@@ -477,6 +478,26 @@ async def test_offsets_follow_commit_order_on_postgresql(
             connection, [heartbeat_event(miner_id, "online", None, 0, coordinator.clock())]
         )
 
+    async def number_all_committed() -> None:
+        # A round that held the lock numbered everything committed before it began;
+        # -1 means another round (the stream's own, woken by the NOTIFY) holds it.
+        for _ in range(200):
+            if await transaction(engine, event_queries.number_pending, 100) >= 0:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the numbering lock was never free")
+
+    async def offsets() -> dict[str, int]:
+        def work(connection: Connection) -> dict[str, int]:
+            return {
+                json.loads(event.data)["miner_id"]: event.seq
+                for event in event_queries.channel_after(
+                    connection, Channel.MINER_HEARTBEATS, Viewer(None, None), 0, 100
+                )
+            }
+
+        return await transaction(engine, work)
+
     async with event_socket(ws_url) as ws:
         await ws.subscribe("miner_heartbeats")
         async with engine.connect() as first, engine.connect() as second:
@@ -485,14 +506,17 @@ async def test_offsets_follow_commit_order_on_postgresql(
             await second.begin()
             await second.run_sync(beat("committed-first"))
             await second.commit()
-            # Numbered while the first is still open (here, or by the stream's own
-            # numbering, woken by the NOTIFY): only what committed gets an offset.
-            await transaction(engine, event_queries.number_pending, 100)
+            # The event written first is in a transaction still open: the other one
+            # gets its offset (and is delivered) without waiting for it.
+            await number_all_committed()
+            numbered = await offsets()
+            assert list(numbered) == ["committed-first"]
+            coordinator.runtime.events.committed()
+            assert (await ws.next_event())["data"]["miner_id"] == "committed-first"
             await first.commit()
+        await number_all_committed()
         coordinator.runtime.events.committed()
-        received = [await ws.next_event() for _ in range(2)]
-    assert [event["data"]["miner_id"] for event in received] == [
-        "committed-first",
-        "written-first",
-    ]
-    assert received[0]["seq"] < received[1]["seq"]
+        later = await ws.next_event()
+    assert later["data"]["miner_id"] == "written-first"
+    assert later["seq"] > numbered["committed-first"]
+    assert (await offsets())["written-first"] == later["seq"]
