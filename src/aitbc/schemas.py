@@ -608,12 +608,25 @@ Amount = Annotated[
 ADDRESS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
 
+class AssetHolding(BaseModel):
+    """An off-chain balance and what open buy orders lock of it."""
+
+    balance: float
+    locked: float
+
+
 class AccountBalance(BaseModel):
     """``GET /v1/accounts/me``: the caller's balance and what it has in escrow (AIT)."""
 
     address: str
     balance: float
     held: float = Field(description="AIT in escrow for the caller's unfinished jobs")
+    locked: float = Field(
+        default=0, description="AIT of the balance that open exchange orders lock"
+    )
+    assets: dict[str, AssetHolding] = Field(
+        default_factory=dict, description="off-chain balances (a market's quote asset)"
+    )
 
 
 class AccountPublic(BaseModel):

@@ -11,10 +11,22 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 8001
+
+
+class MarketSettings(BaseModel):
+    """One exchange market ``AIT-QUOTE`` (DESIGN.md section 7): prices in quote units
+    per AIT on a ``tick_size`` grid, amounts in ``lot_size`` steps of AIT, fees as
+    fractions of the AIT each side trades."""
+
+    quote: str = Field(default="USD", pattern=r"^[A-Z0-9]{1,12}$")
+    tick_size: Decimal = Field(default=Decimal("0.0001"), gt=0, decimal_places=6)
+    lot_size: Decimal = Field(default=Decimal("0.01"), gt=0, decimal_places=6)
+    maker_fee: Decimal = Field(default=Decimal("0.001"), ge=0, lt=1, decimal_places=6)
+    taker_fee: Decimal = Field(default=Decimal("0.002"), ge=0, lt=1, decimal_places=6)
 
 
 class Settings(BaseSettings):
@@ -116,6 +128,9 @@ class Settings(BaseSettings):
     # GET /metrics answers the admin key, and any caller from these addresses
     # (comma-separated IPs or networks, e.g. a Prometheus server's); empty: admin only.
     metrics_allow_ips: str = ""
+
+    # The exchange's markets (JSON in AITBC_EXCHANGE_MARKETS), AIT-USD by default.
+    exchange_markets: list[MarketSettings] = Field(default_factory=lambda: [MarketSettings()])
 
     log_level: str = "info"
     # "text": readable lines; "json": one JSON object per line (aitbc.logs).

@@ -401,6 +401,9 @@ def well_typed_ops(draw: st.DrawFn) -> Op:
         return kind, sender, recipient, draw(AMOUNTS), draw(FEES)
     if kind is TxType.ESCROW_HOLD:
         return kind, draw(user), ESCROW, draw(AMOUNTS), draw(FEES)
+    if kind is TxType.TRADE_FILL:
+        seller, buyer = draw(st.lists(user, min_size=2, max_size=2, unique=True))
+        return kind, seller, buyer, draw(AMOUNTS), draw(FEES)
     return kind, ESCROW, draw(user), draw(AMOUNTS), draw(FEES)
 
 
@@ -422,6 +425,9 @@ def _build(op: Op, serial: int) -> Transaction:
     if tx_type is TxType.RECEIPT:
         extra["receipt_id"] = f"rcpt_{serial}"
         ref = RECEIPT_REF
+    if tx_type is TxType.TRADE_FILL:
+        extra["quote_amount"] = 1.5
+        ref = f"trd_{serial}"
     body = transaction_body(
         tx_type=tx_type,
         sender=sender,
@@ -447,6 +453,8 @@ def _model_allows(tx: Transaction) -> bool:
         return None not in (s, r) and s != r and ESCROW not in (s, r)
     if kind is TxType.ESCROW_HOLD:
         return s in user and r == ESCROW
+    if kind is TxType.TRADE_FILL:
+        return s in user and r in user and s != r
     return s == ESCROW and r in user
 
 

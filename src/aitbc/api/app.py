@@ -20,6 +20,7 @@ from aitbc.api.routers import (
     auth,
     clients,
     events,
+    exchange,
     explorer,
     files,
     jobs,
@@ -29,9 +30,11 @@ from aitbc.api.routers import (
     system,
 )
 from aitbc.schemas import ErrorBody
+from aitbc.services import exchange as exchange_service
 from aitbc.services import keys, ledger, sweeper
 from aitbc.services.auth import ensure_admin_key
 from aitbc.services.event_bus import build_event_bus
+from aitbc.services.matching import Exchange
 from aitbc.services.runtime import Clock, Runtime, utc_now
 from aitbc.settings import Settings
 from aitbc.storage import db, event_queries, migrate
@@ -49,6 +52,7 @@ def build_runtime(settings: Settings, clock: Clock = utc_now) -> Runtime:
     runtime = Runtime(
         settings=settings, engine=engine, sessions=db.create_sessionmaker(engine), clock=clock
     )
+    runtime.exchange = Exchange.from_settings(settings.exchange_markets)
     runtime.event_bus = build_event_bus(settings, url)
     runtime.events.on_commit = runtime.event_bus.published
     runtime.metrics.install_state_collector(runtime)
@@ -77,6 +81,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
             raise
         log.info("signing receipts with key %s", runtime.signing_key().key_id)
         await ledger.ensure_genesis(runtime)
+        await exchange_service.start(runtime)
         await rate_limiter.start()
         checkpointer = db.start_wal_checkpointer(runtime.engine)
         await runtime.event_bus.start(runtime.events.remote_committed)
@@ -90,6 +95,8 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
                 # Follow a signing-key rotation made by another coordinator.
                 asyncio.create_task(keys.follow_forever(runtime)),
                 asyncio.create_task(ledger.run_forever(runtime)),
+                # Follow the exchange batches other coordinators commit.
+                asyncio.create_task(exchange_service.follow_forever(runtime)),
             ]
             if run_sweeper
             else []
@@ -137,6 +144,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
         accounts,
         explorer,
         events,
+        exchange,
     )
     for router in (*routers, openai):
         app.include_router(router.router)

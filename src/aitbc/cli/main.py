@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     from aitbc.cli import watch as watch_cli
 
     watch_cli.add_parser(commands)
+
+    from aitbc.cli import exchange as exchange_cli
+
+    exchange_cli.add_parsers(commands)
     return parser
 
 

@@ -10,7 +10,10 @@ Who sees what:
 - ``job_updates``: a job's client, the miner running it (events from its claim on),
   and admins;
 - ``miner_heartbeats``, ``blocks``, ``receipts``: everyone, anonymous callers too
-  (the same public facts the explorer serves).
+  (the same public facts the explorer serves);
+- ``trades`` (each exchange fill: market, price, amount, the taker's side) and
+  ``orderbook`` (the price levels each matching batch changed, with the book's
+  ``sequence``; an amount of 0 is a level emptied): everyone.
 
 The frame sent for an event is the same bytes for every subscriber, so it is
 encoded once: ``{"channel", "type", "seq", "data"}`` with ``data`` as stored.
@@ -31,15 +34,21 @@ class Channel(StrEnum):
     MINER_HEARTBEATS = "miner_heartbeats"
     BLOCKS = "blocks"
     RECEIPTS = "receipts"
-    # The exchange's channels (DESIGN.md section 7): no events until it exists.
+    # The exchange's channels (DESIGN.md section 7).
     TRADES = "trades"
     ORDERBOOK = "orderbook"
 
 
 # Channels whose events anyone may see.
-PUBLIC_CHANNELS = frozenset({Channel.MINER_HEARTBEATS, Channel.BLOCKS, Channel.RECEIPTS})
-# Channels named by the contract that have no source of events yet.
-PLANNED_CHANNELS = frozenset({Channel.TRADES, Channel.ORDERBOOK})
+PUBLIC_CHANNELS = frozenset(
+    {
+        Channel.MINER_HEARTBEATS,
+        Channel.BLOCKS,
+        Channel.RECEIPTS,
+        Channel.TRADES,
+        Channel.ORDERBOOK,
+    }
+)
 
 HEARTBEAT_TYPE = "miner.heartbeat"
 BLOCK_TYPE = "block.sealed"

@@ -7,8 +7,9 @@ of the transaction without ``id`` and ``signature``; a sender-signed transfer ca
 ``signature``, the sender's key over those same bytes, and an unsigned transaction
 has no ``signature`` member at all. Amounts are AIT numbers (at most 6 decimals);
 inside they are integers of µAIT. Extra members: ``nonce`` (an integer, required on
-a ``transfer``, allowed on any type) and ``receipt_id`` (a ``receipt`` transaction's,
-and only there).
+a ``transfer``, allowed on any type), ``receipt_id`` (a ``receipt`` transaction's,
+and only there) and ``quote_amount`` (a ``trade_fill``'s, and only there: a number
+with at most 6 decimals).
 
 The **replay rule** is the same for every type: ``from`` loses ``amount + fee``,
 ``to`` gains ``amount``, ``treasury`` gains ``fee``, and no balance is ever negative
@@ -26,6 +27,10 @@ after a transaction. What each type may say (:func:`check_transaction_rules`):
   fees can be paid out. A transfer carries a ``nonce``, and must be signed when its
   sender has a key valid at its timestamp (:func:`check_sender_signature`); no other
   type carries a ``signature`` (the coordinator's block signature vouches for them).
+- ``trade_fill`` (section 7): one exchange fill's AIT leg, seller (``from``) → buyer
+  (``to``), two different user accounts; ``amount`` is the fill less the buyer's
+  fee, ``fee`` both sides' fees; ``ref`` the exchange trade id; ``quote_amount`` the
+  quote asset the buyer paid the seller, off chain.
 
 A **block header** is ``{"height", "prev_hash", "timestamp", "tx_root", "state_root",
 "tx_count", "sealer"}``; its hash is the SHA-256 hex of its canonical bytes and its
@@ -58,7 +63,7 @@ from aitbc.errors import VerificationFailed
 
 
 class TxType(StrEnum):
-    """The ledger's transaction types (the market types of section 7 are not here yet)."""
+    """The ledger's transaction types (sections 3 and 7)."""
 
     MINT = "mint"
     TRANSFER = "transfer"
@@ -66,6 +71,8 @@ class TxType(StrEnum):
     ESCROW_RELEASE = "escrow_release"
     ESCROW_REFUND = "escrow_refund"
     RECEIPT = "receipt"
+    # The AIT leg of one exchange fill (seller -> buyer), carrying its quote leg.
+    TRADE_FILL = "trade_fill"
 
 
 TREASURY = "treasury"
@@ -75,7 +82,7 @@ GENESIS_PREV_HASH = "0" * 64
 MAX_BLOCK_TRANSACTIONS = 10_000
 
 REQUIRED_TRANSACTION_MEMBERS = ("id", "type", "from", "to", "amount", "fee", "ref", "timestamp")
-OPTIONAL_TRANSACTION_MEMBERS = ("nonce", "receipt_id", "signature")
+OPTIONAL_TRANSACTION_MEMBERS = ("nonce", "receipt_id", "quote_amount", "signature")
 TRANSACTION_MEMBERS = REQUIRED_TRANSACTION_MEMBERS + OPTIONAL_TRANSACTION_MEMBERS
 BLOCK_HEADER_MEMBERS = (
     "height",
@@ -391,6 +398,9 @@ class Transaction(NamedTuple):
             raise _malformed(tx_id, "receipt_id is not a non-empty string")
         if "signature" in doc and not isinstance(doc["signature"], Mapping):
             raise _malformed(tx_id, "signature is not an object")
+        if "quote_amount" in doc:
+            # The quote asset's amounts have 6 decimals too (micro units).
+            _micro(doc["quote_amount"], "quote_amount", tx_id)
         if transaction_id(doc) != tx_id:
             raise VerificationFailed(
                 f"transaction {tx_id}: id is not the SHA-256 of its canonical bytes "
@@ -420,6 +430,8 @@ def check_transaction_rules(tx: Transaction) -> None:
         raise _invalid(tx, "only a receipt transaction carries receipt_id")
     if "signature" in document and kind is not TxType.TRANSFER:
         raise _invalid(tx, "only a transfer is signed by its sender")
+    if "quote_amount" in document and kind is not TxType.TRADE_FILL:
+        raise _invalid(tx, "only a trade_fill carries quote_amount")
     if kind is TxType.TRANSFER:
         if sender is None or recipient is None:
             raise _invalid(tx, "a transfer has a sender and a recipient")
@@ -445,6 +457,15 @@ def check_transaction_rules(tx: Transaction) -> None:
             raise _invalid(tx, "a receipt transaction carries receipt_id")
         if tx.ref is None or not _HEX64.fullmatch(tx.ref):
             raise _invalid(tx, "a receipt transaction's ref is the receipt's SHA-256 (64 hex)")
+    elif kind is TxType.TRADE_FILL:
+        if not _is_user(sender) or not _is_user(recipient):
+            raise _invalid(tx, "a trade_fill goes from a user account (the seller) to another")
+        if sender == recipient:
+            raise _invalid(tx, "a trade_fill's seller and buyer differ")
+        if not tx.ref:
+            raise _invalid(tx, "a trade_fill's ref is its exchange trade id")
+        if "quote_amount" not in document:
+            raise _invalid(tx, "a trade_fill carries its quote leg (quote_amount)")
     else:  # the escrow types
         if not tx.ref:
             raise _invalid(tx, "an escrow transaction's ref is its job or trade id")

@@ -159,6 +159,30 @@ class OrderBook:
         ]
         return bids, asks
 
+    def level_lots(self, side: Side, price_ticks: int) -> int:
+        """Lots resting on ``side`` at ``price_ticks`` (0 for an empty level)."""
+        queue = self._bids.get(-price_ticks) if side is Side.BUY else self._asks.get(price_ticks)
+        return sum(order.remaining_lots for order in queue) if queue else 0
+
+    def sweep_cost(self, owner: str, side: Side, lots: int) -> tuple[int, int]:
+        """What a market order of ``owner`` for ``lots`` would fill now: ``(lots
+        filled, sum of lots x price in ticks)``, skipping ``owner``'s own resting
+        orders as self-trade prevention will (so a market buy can lock exactly what
+        it will pay)."""
+        book = self._asks if side is Side.BUY else self._bids
+        remaining, cost = lots, 0
+        for key, queue in book.items():
+            price = key if side is Side.BUY else -key
+            for order in queue:
+                if order.owner == owner:
+                    continue
+                take = min(remaining, order.remaining_lots)
+                remaining -= take
+                cost += take * price
+                if not remaining:
+                    return lots, cost
+        return lots - remaining, cost
+
     def submit(self, request: OrderRequest) -> MatchResult:
         """Match ``request`` against the book, then rest or cancel what is left."""
         self._check(request)

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import httpx
 
@@ -37,6 +37,7 @@ from aitbc.schemas import (
     JobList,
     Miner,
 )
+from aitbc.sdk.calls import Call, T, json_body, model_parser
 from aitbc.sdk.config import resolve
 from aitbc.sdk.errors import (
     APIConnectionError,
@@ -46,28 +47,14 @@ from aitbc.sdk.errors import (
     error_from,
 )
 from aitbc.sdk.events import Event, event_stream
+from aitbc.sdk.exchange import AsyncExchange, Exchange
 from aitbc.sdk.receipts import verify_receipt
-
-T = TypeVar("T")
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_RETRIES = 2
 MAX_RETRY_WAIT_SECONDS = 60.0
 BACKOFF_BASE_SECONDS = 0.5
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
-
-
-@dataclass(frozen=True, slots=True)
-class Call(Generic[T]):
-    """One API call: what to send and how to read a successful answer."""
-
-    method: str
-    path: str
-    parse: Callable[[httpx.Response], T]
-    params: Mapping[str, Any] | None = None
-    body: Any = None
-    # Safe to send again when the connection failed (reads, deletes).
-    idempotent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +65,6 @@ class StreamEvent:
     name: str
     id: str
     data: dict[str, Any] = field(default_factory=dict)
-
-
-def _model(schema: type[Any]) -> Callable[[httpx.Response], Any]:
-    return lambda response: schema.model_validate_json(response.content)
-
-
-def _json(response: httpx.Response) -> Any:
-    return response.json()
 
 
 def _amount(value: float | Decimal | str) -> float | str:
@@ -110,27 +89,27 @@ def submit_call(prompt: str, **options: Any) -> Call[Job]:
     body["prompt"] = prompt
     if params:
         body["params"] = params
-    return Call("POST", "/v1/jobs", _model(Job), body=body)
+    return Call("POST", "/v1/jobs", model_parser(Job), body=body)
 
 
 def job_call(job_id: str) -> Call[Job]:
-    return Call("GET", f"/v1/jobs/{job_id}", _model(Job), idempotent=True)
+    return Call("GET", f"/v1/jobs/{job_id}", model_parser(Job), idempotent=True)
 
 
 def list_call(status: str | None, limit: int, offset: int) -> Call[JobList]:
     params: dict[str, Any] = {"limit": limit, "offset": offset}
     if status is not None:
         params["status"] = status
-    return Call("GET", "/v1/jobs", _model(JobList), params=params, idempotent=True)
+    return Call("GET", "/v1/jobs", model_parser(JobList), params=params, idempotent=True)
 
 
 def history_call(start: date, end: date, limit: int, offset: int) -> Call[JobList]:
     params = {"from": start.isoformat(), "to": end.isoformat(), "limit": limit, "offset": offset}
-    return Call("GET", "/v1/jobs/history", _model(JobList), params=params, idempotent=True)
+    return Call("GET", "/v1/jobs/history", model_parser(JobList), params=params, idempotent=True)
 
 
 def cancel_call(job_id: str) -> Call[Job]:
-    return Call("POST", f"/v1/jobs/{job_id}/cancel", _model(Job))
+    return Call("POST", f"/v1/jobs/{job_id}/cancel", model_parser(Job))
 
 
 def download_call(job_id: str) -> Call[str]:
@@ -138,24 +117,26 @@ def download_call(job_id: str) -> Call[str]:
 
 
 def receipt_call(path: str) -> Call[dict[str, Any]]:
-    return Call("GET", path, _json, idempotent=True)
+    return Call("GET", path, json_body, idempotent=True)
 
 
 def receipts_call(client: str | None, provider: str | None, limit: int) -> Call[list[Any]]:
     params = {k: v for k, v in {"client": client, "provider": provider}.items() if v}
-    return Call("GET", "/v1/receipts", _json, params={**params, "limit": limit}, idempotent=True)
+    return Call(
+        "GET", "/v1/receipts", json_body, params={**params, "limit": limit}, idempotent=True
+    )
 
 
 def keys_call() -> Call[dict[str, Any]]:
-    return Call("GET", "/v1/keys", _json, idempotent=True)
+    return Call("GET", "/v1/keys", json_body, idempotent=True)
 
 
 def me_call() -> Call[AccountBalance]:
-    return Call("GET", "/v1/accounts/me", _model(AccountBalance), idempotent=True)
+    return Call("GET", "/v1/accounts/me", model_parser(AccountBalance), idempotent=True)
 
 
 def account_call(address: str) -> Call[AccountPublic]:
-    return Call("GET", f"/v1/accounts/{address}", _model(AccountPublic), idempotent=True)
+    return Call("GET", f"/v1/accounts/{address}", model_parser(AccountPublic), idempotent=True)
 
 
 def transfer_call(
@@ -164,7 +145,7 @@ def transfer_call(
     body: dict[str, Any] = {"to": to, "amount": _amount(amount), "nonce": nonce}
     if signature is not None:
         body["signature"] = dict(signature)
-    return Call("POST", "/v1/transfers", _json, body=body)
+    return Call("POST", "/v1/transfers", json_body, body=body)
 
 
 def models_call() -> Call[list[dict[str, Any]]]:
@@ -181,21 +162,21 @@ def admin_miners_call() -> Call[list[Miner]]:
 
 
 def admin_stats_call() -> Call[AdminStats]:
-    return Call("GET", "/v1/admin/stats", _model(AdminStats), idempotent=True)
+    return Call("GET", "/v1/admin/stats", model_parser(AdminStats), idempotent=True)
 
 
 def mint_call(address: str, amount: float | Decimal | str) -> Call[dict[str, Any]]:
     body = {"address": address, "amount": _amount(amount)}
-    return Call("POST", "/v1/admin/mint", _json, body=body)
+    return Call("POST", "/v1/admin/mint", json_body, body=body)
 
 
 def register_miner_call(registration: Mapping[str, Any]) -> Call[dict[str, Any]]:
-    return Call("POST", "/v1/miners/register", _json, body=dict(registration))
+    return Call("POST", "/v1/miners/register", json_body, body=dict(registration))
 
 
 def heartbeat_call(miner_id: str, running_jobs: list[str]) -> Call[dict[str, Any]]:
     body = {"running_jobs": running_jobs}
-    return Call("POST", f"/v1/miners/{miner_id}/heartbeat", _json, body=body)
+    return Call("POST", f"/v1/miners/{miner_id}/heartbeat", json_body, body=body)
 
 
 def poll_call(miner_id: str, wait_seconds: float) -> Call[Job | None]:
@@ -208,16 +189,16 @@ def poll_call(miner_id: str, wait_seconds: float) -> Call[Job | None]:
 
 
 def claim_call(job_id: str, miner_id: str) -> Call[Job]:
-    return Call("POST", f"/v1/jobs/{job_id}/claim", _model(Job), body={"miner_id": miner_id})
+    return Call("POST", f"/v1/jobs/{job_id}/claim", model_parser(Job), body={"miner_id": miner_id})
 
 
 def complete_call(job_id: str, completion: Mapping[str, Any]) -> Call[dict[str, Any]]:
-    return Call("POST", f"/v1/jobs/{job_id}/complete", _json, body=dict(completion))
+    return Call("POST", f"/v1/jobs/{job_id}/complete", json_body, body=dict(completion))
 
 
 def fail_call(job_id: str, miner_id: str, error: str, retryable: bool) -> Call[Job]:
     body = {"miner_id": miner_id, "error": error, "retryable": retryable}
-    return Call("POST", f"/v1/jobs/{job_id}/fail", _model(Job), body=body)
+    return Call("POST", f"/v1/jobs/{job_id}/fail", model_parser(Job), body=body)
 
 
 # --- sending ----------------------------------------------------------------------
@@ -323,6 +304,7 @@ class Client(_Base):
         self.models = Models(self)
         self.miners = Miners(self)
         self.admin = Admin(self)
+        self.exchange = Exchange(self)
 
     def __enter__(self) -> Client:
         return self
@@ -418,6 +400,7 @@ class AsyncClient(_Base):
         self.models = AsyncModels(self)
         self.miners = AsyncMiners(self)
         self.admin = AsyncAdmin(self)
+        self.exchange = AsyncExchange(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -10,6 +10,7 @@ until commit), and a replayed nonce by the (sender, nonce) unique constraint.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -29,6 +30,7 @@ from aitbc.schemas import (
     AccountBalance,
     AccountKeyRequest,
     AccountPublic,
+    AssetHolding,
     MintRequest,
     TransferRequest,
 )
@@ -36,7 +38,7 @@ from aitbc.services import keys as key_service
 from aitbc.services import payment
 from aitbc.services.auth import require_role
 from aitbc.services.runtime import Principal, Runtime
-from aitbc.storage import ledger_queries, receipt_queries
+from aitbc.storage import exchange_queries, ledger_queries, receipt_queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.ledger_queries import NewTransaction
 
@@ -58,9 +60,32 @@ def _address_of(principal: Principal) -> str:
 async def me(runtime: Runtime, principal: Principal) -> AccountBalance:
     """The caller's balance and what it holds in escrow."""
     address = _address_of(principal)
-    found = await read(runtime.engine, ledger_queries.account, address)
+
+    def work(
+        connection: Connection,
+    ) -> tuple[ledger_queries.AccountBalance | None, tuple[int, int] | None, dict[str, Any]]:
+        return (
+            ledger_queries.account(connection, address),
+            exchange_queries.ait_funds(connection, address, for_update=False),
+            exchange_queries.all_asset_funds(connection, address),
+        )
+
+    found, ait, assets = await read(runtime.engine, work)
     balance, held = (found.balance_micro, found.held_micro) if found else (0, 0)
-    return AccountBalance(address=address, balance=to_ait(balance), held=to_ait(held))
+    locked = ait[1] if ait else 0
+    holdings = {
+        asset: AssetHolding(balance=amounts[0] / 1_000_000, locked=amounts[1] / 1_000_000)
+        for asset, amounts in sorted(assets.items())
+    }
+    for asset in sorted(runtime.exchange.quote_assets()):
+        holdings.setdefault(asset, AssetHolding(balance=0, locked=0))
+    return AccountBalance(
+        address=address,
+        balance=to_ait(balance),
+        held=to_ait(held),
+        locked=to_ait(locked),
+        assets=holdings,
+    )
 
 
 async def public(runtime: Runtime, address: str) -> AccountPublic:

@@ -79,6 +79,12 @@ class Metrics:
             "aitbc_receipts_issued", "Signed receipts issued.", registry=registry
         )
         self.blocks = Counter("aitbc_blocks_sealed", "Ledger blocks sealed.", registry=registry)
+        self.exchange_orders = Counter(
+            "aitbc_exchange_orders", "Exchange orders matched and settled.", registry=registry
+        )
+        self.exchange_trades = Counter(
+            "aitbc_exchange_trades", "Exchange fills settled.", registry=registry
+        )
         self.rate_limited = Counter(
             "aitbc_rate_limit_rejections",
             "Requests refused with 429 by the rate limiter, by caller kind.",

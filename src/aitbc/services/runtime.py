@@ -22,6 +22,7 @@ from aitbc.services.dispatch import Dispatcher
 from aitbc.services.estimates import EstimateCache
 from aitbc.services.event_bus import EventBus, MemoryBus
 from aitbc.services.event_hub import EventHub
+from aitbc.services.matching import Exchange
 from aitbc.services.metrics import Metrics
 from aitbc.services.stream_hub import StreamHub
 from aitbc.services.views import JobDocument
@@ -101,6 +102,8 @@ class Runtime:
     # and the bus that carries wake-ups between processes (services.event_bus).
     events: EventHub = field(default_factory=EventHub)
     event_bus: EventBus = field(default_factory=MemoryBus)
+    # The exchange's markets: books, recent fills, matching writers (services.exchange).
+    exchange: Exchange = field(default_factory=Exchange)
     # This process's Prometheus metrics (services.metrics).
     metrics: Metrics = field(default_factory=Metrics)
     # Fire-and-forget work that must outlive the request that started it.

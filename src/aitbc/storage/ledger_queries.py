@@ -45,6 +45,8 @@ T = TRANSACTIONS.c
 B = BLOCKS.c
 
 NEGATIVE_BALANCE_CONSTRAINT = "ck_accounts_balance_nonnegative"
+# A balance below what open exchange orders lock (storage.exchange_queries).
+LOCKED_BALANCE_CONSTRAINT = "ck_accounts_unlocked_nonnegative"
 NONCE_CONSTRAINT = "uq_ledger_transactions_sender_nonce"
 # The transaction id's (PostgreSQL's name for the column's UNIQUE).
 TRANSACTION_ID_CONSTRAINT = "ledger_transactions_id_key"
@@ -197,7 +199,7 @@ def change_balances(connection: Connection, changes: Mapping[str, tuple[int, int
     try:
         _CHANGE_BALANCE.executemany(connection, rows)
     except IntegrityError as exc:
-        if _violates(exc, NEGATIVE_BALANCE_CONSTRAINT):
+        if _violates(exc, NEGATIVE_BALANCE_CONSTRAINT) or _violates(exc, LOCKED_BALANCE_CONSTRAINT):
             raise InsufficientFunds(
                 "the balance is too low for this", error_code="insufficient_funds"
             ) from exc

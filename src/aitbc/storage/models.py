@@ -253,11 +253,16 @@ class Account(Base):
     balance_micro: Mapped[int] = mapped_column(BigInteger, default=0)
     # What this account has in escrow for unfinished jobs (part of escrow's balance).
     held_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What its open exchange sell orders lock (part of its own balance: not spendable).
+    locked_micro: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (
         # The database refuses a negative balance whatever the code does.
         CheckConstraint("balance_micro >= 0", name="ck_accounts_balance_nonnegative"),
         CheckConstraint("held_micro >= 0", name="ck_accounts_held_nonnegative"),
+        CheckConstraint("locked_micro >= 0", name="ck_accounts_locked_nonnegative"),
+        # Nothing spends what open orders lock.
+        CheckConstraint("balance_micro >= locked_micro", name="ck_accounts_unlocked_nonnegative"),
     )
 
 
@@ -397,3 +402,122 @@ class EventLogState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     pruned_through: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# --- the exchange (DESIGN.md section 7) --------------------------------------------------
+
+
+class AssetBalance(Base):
+    """An account's balance of an off-chain asset (a market's quote asset, USD),
+    credited by admin deposits and moved by exchange fills; ``locked`` is what its
+    open buy orders hold."""
+
+    __tablename__ = "asset_balances"
+
+    address: Mapped[str] = mapped_column(String(128), primary_key=True)
+    asset: Mapped[str] = mapped_column(String(16), primary_key=True)
+    balance_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    locked_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (
+        CheckConstraint("locked_micro >= 0", name="ck_asset_balances_locked_nonnegative"),
+        CheckConstraint("balance_micro >= locked_micro", name="ck_asset_balances_unlocked"),
+    )
+
+
+class AssetEntry(Base):
+    """The quote ledger: every change of an off-chain balance, append only (a deposit,
+    or one side of a fill's quote leg, ``ref`` naming the deposit or trade)."""
+
+    __tablename__ = "asset_entries"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    asset: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(128))
+    delta_micro: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    ref: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_asset_entries_address_seq", "address", "seq"),)
+
+
+class ExchangeMarket(Base):
+    """A market's change counter: raised by every batch the matching writer commits,
+    so a coordinator whose in-memory book is behind (another process wrote) knows to
+    rebuild it, and the order book's ``sequence``."""
+
+    __tablename__ = "exchange_markets"
+
+    market: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ExchangeOrder(Base):
+    """One exchange order and what became of it. ``seq`` is its time priority: a
+    restart rests the open orders again in ``seq`` order, rebuilding the same book."""
+
+    __tablename__ = "exchange_orders"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    order_id: Mapped[str] = mapped_column(String(64), unique=True)
+    market: Mapped[str] = mapped_column(String(32))
+    owner: Mapped[str] = mapped_column(String(128))
+    side: Mapped[str] = mapped_column(String(4))
+    type: Mapped[str] = mapped_column(String(8))
+    time_in_force: Mapped[str] = mapped_column(String(16))
+    price_ticks: Mapped[int | None] = mapped_column(BigInteger)
+    lots: Mapped[int] = mapped_column(BigInteger)
+    filled_lots: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(20))
+    # What the order still locks (µAIT for a sell, quote micro-units for a buy).
+    locked_micro: Mapped[int] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_exchange_orders_owner_seq", "owner", "seq"),
+        _partial(
+            "ix_exchange_orders_resting",
+            "status IN ('open', 'partially_filled')",
+            "market",
+            "seq",
+        ),
+    )
+
+
+class ExchangeTrade(Base):
+    """One fill, as settled: its AIT leg is the ``trade_fill`` transaction ``tx_id``."""
+
+    __tablename__ = "exchange_trades"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    trade_id: Mapped[str] = mapped_column(String(64), unique=True)
+    market: Mapped[str] = mapped_column(String(32))
+    price_ticks: Mapped[int] = mapped_column(BigInteger)
+    lots: Mapped[int] = mapped_column(BigInteger)
+    taker_side: Mapped[str] = mapped_column(String(4))
+    maker_order_id: Mapped[str] = mapped_column(String(64))
+    taker_order_id: Mapped[str] = mapped_column(String(64))
+    buyer: Mapped[str] = mapped_column(String(128))
+    seller: Mapped[str] = mapped_column(String(128))
+    base_micro: Mapped[int] = mapped_column(BigInteger)
+    quote_micro: Mapped[int] = mapped_column(BigInteger)
+    buyer_fee_micro: Mapped[int] = mapped_column(BigInteger)
+    seller_fee_micro: Mapped[int] = mapped_column(BigInteger)
+    tx_id: Mapped[str] = mapped_column(String(64))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_exchange_trades_market_seq", "market", "seq"),
+        Index("ix_exchange_trades_maker_order", "maker_order_id"),
+        Index("ix_exchange_trades_taker_order", "taker_order_id"),
+        Index("ix_exchange_trades_buyer_seq", "buyer", "seq"),
+        Index("ix_exchange_trades_seller_seq", "seller", "seq"),
+    )

@@ -25,7 +25,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from aitbc.api.middleware import api_key_of
-from aitbc.domain.events import PLANNED_CHANNELS, Channel, Viewer, may_subscribe
+from aitbc.domain.events import Channel, Viewer, may_subscribe
 from aitbc.errors import AITBCError
 from aitbc.services.auth import authenticate
 from aitbc.services.event_hub import SLOW_CONSUMER_CLOSE_CODE, Subscriber
@@ -251,11 +251,6 @@ class _Connection:
         channels = self._channels(request)
         subscriber = self.subscriber
         for channel in channels:
-            if channel in PLANNED_CHANNELS:
-                raise _BadRequest(
-                    "channel_unavailable",
-                    f"{channel.value} has no events yet: it opens with the exchange",
-                )
             if not may_subscribe(subscriber.viewer, channel):
                 raise _BadRequest(
                     "unauthorized",
