@@ -146,6 +146,9 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
         events,
         exchange,
     )
+    # Routes are matched in inclusion order: placing an order, the exchange's hottest
+    # request, is matched first (two routes: the job routes after it barely notice).
+    app.include_router(exchange.orders_router)
     for router in (*routers, openai):
         app.include_router(router.router)
     app.add_middleware(AuthRateLimitMiddleware, runtime=runtime, limiter=rate_limiter)

@@ -41,6 +41,8 @@ from aitbc.storage.exchange_queries import AssetEntryRow
 log = logging.getLogger(__name__)
 
 MAX_ORDERS_LISTED = 100
+# Event-loop turns the writer waits before taking a batch (see _drain).
+BATCH_GATHER_TURNS = 2
 STATUS_GROUPS = {
     "open": ("open", "partially_filled"),
     "closed": ("filled", "cancelled", "rejected"),
@@ -110,6 +112,10 @@ async def _submit(runtime: Runtime, state: MarketState, command: Command) -> Ord
 
 async def _drain(runtime: Runtime, state: MarketState) -> None:
     while state.pending:
+        # Group commit: let the requests already read reach the queue first, so one
+        # transaction (one commit) takes as many orders as are in flight.
+        for _ in range(BATCH_GATHER_TURNS):
+            await asyncio.sleep(0)
         batch = state.pending[:MAX_BATCH_ORDERS]
         del state.pending[:MAX_BATCH_ORDERS]
         async with state.lock:
@@ -139,6 +145,7 @@ async def _run_batch(runtime: Runtime, state: MarketState, batch: list[Command])
     state.committed(trades, bool(events))
     runtime.metrics.exchange_orders.inc(sum(1 for c in batch if c.order is not None))
     runtime.metrics.exchange_trades.inc(len(trades))
+    runtime.metrics.exchange_batches.inc()
     publish(runtime, events)
     for command, outcome in zip(batch, outcomes, strict=True):
         if not command.future.done():

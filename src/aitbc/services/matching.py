@@ -433,14 +433,13 @@ class _Batch:
         self._read_funds(sorted({command.owner for command in commands}))
 
     def _read_funds(self, owners: list[str]) -> None:
+        """The takers' funds, two statements a batch (rows locked in address order:
+        the order every writer locks accounts in)."""
         lock = self.connection.dialect.name == "postgresql"
-        for owner in owners:  # address order: the same order every writer locks in
-            ait = exchange_queries.ait_funds(self.connection, owner, for_update=lock)
-            self.funds[(owner, BASE_ASSET)] = list(ait) if ait is not None else [0, 0]
-            quote = exchange_queries.asset_funds(
-                self.connection, owner, self.spec.quote, for_update=lock
-            )
-            self.funds[(owner, self.spec.quote)] = list(quote)
+        for asset in (BASE_ASSET, self.spec.quote):
+            found = exchange_queries.funds_of(self.connection, owners, asset, for_update=lock)
+            for owner in owners:
+                self.funds[(owner, asset)] = list(found.get(owner, (0, 0)))
 
     def _available(self, owner: str, asset: str) -> int:
         balance, locked = self.funds[(owner, asset)]

@@ -85,6 +85,11 @@ class Metrics:
         self.exchange_trades = Counter(
             "aitbc_exchange_trades", "Exchange fills settled.", registry=registry
         )
+        self.exchange_batches = Counter(
+            "aitbc_exchange_batches",
+            "Matching-writer batches committed (orders / batches: the mean batch).",
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "aitbc_rate_limit_rejections",
             "Requests refused with 429 by the rate limiter, by caller kind.",

@@ -51,8 +51,16 @@ class DriverStatement:
 
     def executemany(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
         """Execute the statement once per row, in the caller's transaction."""
-        if not rows:
-            return
+        if rows:
+            self._run(connection, rows, fetch=False)
+
+    def fetchall(self, connection: Connection, row: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Execute the statement (a SELECT) once with ``row``; its rows as tuples."""
+        return self._run(connection, [row], fetch=True)
+
+    def _run(
+        self, connection: Connection, rows: Sequence[Sequence[Any]], *, fetch: bool
+    ) -> list[tuple[Any, ...]]:
         sql, order = self._sql_for(connection)
         if order == tuple(range(len(self._parameters))):
             parameters = [tuple(row) for row in rows]
@@ -67,6 +75,7 @@ class DriverStatement:
                 cursor.execute(sql, parameters[0])
             else:
                 cursor.executemany(sql, parameters)
+            return [tuple(found) for found in cursor.fetchall()] if fetch else []
         except base_error as exc:
             if dialect.is_disconnect(exc, fairy.dbapi_connection, cursor):
                 connection.invalidate(exc)

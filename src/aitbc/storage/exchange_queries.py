@@ -67,27 +67,61 @@ def _insufficient(exc: IntegrityError) -> InsufficientFunds | None:
 
 
 def ait_funds(connection: Connection, address: str, *, for_update: bool) -> tuple[int, int] | None:
-    """An account's AIT ``(balance, locked)`` in µAIT, or None if it has no account;
-    ``for_update`` locks the row to the end of the transaction (PostgreSQL), so no
-    other writer spends between this check and the writer's commit."""
-    statement = select(A.balance_micro, A.locked_micro).where(A.address == address)
+    """An account's AIT ``(balance, locked)`` in µAIT, or None if it has no account."""
+    return funds_of(connection, [address], "AIT", for_update=for_update).get(address)
+
+
+# (asset is AIT, for update, how many addresses) -> the statement on the driver's
+# cursor: the matching writer reads its batch's takers in one statement per asset.
+_FUNDS_STATEMENTS: dict[tuple[bool, bool, int], DriverStatement] = {}
+
+
+def _funds_statement(ait: bool, for_update: bool, count: int) -> DriverStatement:
+    key = (ait, for_update, count)
+    found = _FUNDS_STATEMENTS.get(key)
+    if found is not None:
+        return found
+    names = [f"address_{index}" for index in range(count)]
+    wanted: list[Any] = [bindparam(name) for name in names]
+    if ait:
+        statement = select(A.address, A.balance_micro, A.locked_micro).where(A.address.in_(wanted))
+        statement = statement.order_by(A.address)
+    else:
+        names.append("asset")
+        statement = select(AB.address, AB.balance_micro, AB.locked_micro).where(
+            AB.address.in_(wanted), AB.asset == bindparam("asset")
+        )
+        statement = statement.order_by(AB.address)
     if for_update:
         statement = statement.with_for_update()
-    row = connection.execute(statement).first()
-    return None if row is None else (int(row[0]), int(row[1]))
+    driver = DriverStatement(statement, names)
+    if len(_FUNDS_STATEMENTS) < 4096:  # bounded: one per batch size seen
+        _FUNDS_STATEMENTS[key] = driver
+    return driver
+
+
+def funds_of(
+    connection: Connection, addresses: Sequence[str], asset: str, *, for_update: bool
+) -> dict[str, tuple[int, int]]:
+    """``{address: (balance, locked)}`` of one asset (AIT: the accounts; another: its
+    off-chain balances) for many addresses in one statement; an address without a row
+    is left out. ``for_update`` locks the rows, in address order, to the end of the
+    transaction (PostgreSQL), so no other writer spends them before the caller's
+    commit."""
+    wanted = sorted(set(addresses))
+    if not wanted:
+        return {}
+    ait = asset == "AIT"
+    statement = _funds_statement(ait, for_update, len(wanted))
+    rows = statement.fetchall(connection, wanted if ait else [*wanted, asset])
+    return {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
 
 
 def asset_funds(
     connection: Connection, address: str, asset: str, *, for_update: bool
 ) -> tuple[int, int]:
     """An account's ``(balance, locked)`` of an off-chain asset (zeros for none)."""
-    statement = select(AB.balance_micro, AB.locked_micro).where(
-        AB.address == address, AB.asset == asset
-    )
-    if for_update:
-        statement = statement.with_for_update()
-    row = connection.execute(statement).first()
-    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+    return funds_of(connection, [address], asset, for_update=for_update).get(address, (0, 0))
 
 
 def all_asset_funds(connection: Connection, address: str) -> dict[str, tuple[int, int]]:
