@@ -36,17 +36,7 @@ from typing import Any
 import aiohttp
 from websockets.asyncio.client import connect
 
-from lifecycle import (
-    MODEL,
-    Recorder,
-    _cpu_seconds,
-    _free_port,
-    _percentile,
-    miner_loop,
-    start_server,
-    submit,
-    wait_healthy,
-)
+from lifecycle import MODEL, _free_port, _percentile, start_server, throughput, wait_healthy
 
 
 def _raise_open_files_limit() -> None:
@@ -114,44 +104,6 @@ def _subscriber_process(url: str, keys: list[str], ready: Any, stop: Any, result
     asyncio.run(_subscribe_all(url, keys, ready, stop, results))
 
 
-async def _lifecycles(
-    http: aiohttp.ClientSession,
-    base: str,
-    keys: list[str],
-    miners: list[tuple[str, str]],
-    jobs: int,
-    submitters: int,
-    pid: int,
-) -> tuple[float, float | None]:
-    recorder = Recorder()
-    stop = asyncio.Event()
-    workers = [
-        asyncio.create_task(miner_loop(http, base, miner, key, recorder, stop))
-        for miner, key in miners
-    ]
-    await asyncio.sleep(0.3)
-    started = time.perf_counter()
-    cpu_before = _cpu_seconds(pid)
-    queue = iter(range(jobs))
-
-    async def submitter() -> None:
-        for index in queue:
-            await submit(http, base, keys[index % len(keys)], recorder)
-
-    await asyncio.gather(*(submitter() for _ in range(submitters)))
-    await asyncio.wait_for(recorder.wait_for(jobs), 300)
-    elapsed = time.perf_counter() - started
-    cpu_after = _cpu_seconds(pid)
-    stop.set()
-    for worker in workers:
-        worker.cancel()
-    await asyncio.gather(*workers, return_exceptions=True)
-    cpu_ms = (
-        None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / jobs * 1000
-    )
-    return jobs / elapsed, cpu_ms
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -178,9 +130,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 cpu_with: list[float] = []
                 delivery: list[dict[str, Any]] = []
                 for _ in range(args.runs):
-                    rate, cpu = await _lifecycles(
-                        http, base, keys, miners, args.jobs, args.submitters, process.pid
-                    )
+                    async with asyncio.timeout(300):
+                        measured = await throughput(
+                            http, base, keys, miners, args.jobs, args.submitters, process.pid
+                        )
+                    rate, cpu = measured.lifecycles_per_second, measured.server_cpu_ms_per_lifecycle
                     without.append(rate)
                     if cpu is not None:
                         cpu_without.append(cpu)
@@ -195,9 +149,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         if not child.is_alive():
                             raise RuntimeError("the subscriber process failed")
                         await asyncio.sleep(0.1)
-                    rate, cpu = await _lifecycles(
-                        http, base, keys, miners, args.jobs, args.submitters, process.pid
-                    )
+                    async with asyncio.timeout(300):
+                        measured = await throughput(
+                            http, base, keys, miners, args.jobs, args.submitters, process.pid
+                        )
+                    rate, cpu = measured.lifecycles_per_second, measured.server_cpu_ms_per_lifecycle
                     with_subscribers.append(rate)
                     if cpu is not None:
                         cpu_with.append(cpu)

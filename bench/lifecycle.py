@@ -203,6 +203,68 @@ async def submit(http: aiohttp.ClientSession, base: str, key: str, recorder: Rec
     recorder.submitted[body["job_id"]] = sent
 
 
+@dataclass
+class Throughput:
+    """One throughput phase's figures."""
+
+    lifecycles_per_second: float
+    # The coordinator's CPU time per lifecycle (None where /proc is not there).
+    server_cpu_ms_per_lifecycle: float | None
+    # Each job's timestamps, and the claim conflicts.
+    recorder: Recorder
+
+
+async def throughput(
+    http: aiohttp.ClientSession,
+    base: str,
+    client_keys: list[str],
+    miners: list[tuple[str, str]],
+    jobs: int,
+    submitters: int,
+    pid: int,
+) -> Throughput:
+    """Submit ``jobs`` jobs (``submitters`` concurrent loops, round-robin over
+    ``client_keys``) while the ``miners`` loop poll -> claim -> complete; time first
+    submit to last completion, and the server's (``pid``) CPU meanwhile. The miners
+    are stopped before it returns or raises; a miner's error is raised."""
+    recorder = Recorder()
+    stop = asyncio.Event()
+    workers = [
+        asyncio.create_task(miner_loop(http, base, miner, key, recorder, stop))
+        for miner, key in miners
+    ]
+    try:
+        await asyncio.sleep(0.3)
+        started = time.perf_counter()
+        cpu_before = _cpu_seconds(pid)
+        queue = iter(range(jobs))
+
+        async def submitter() -> None:
+            for index in queue:
+                await submit(http, base, client_keys[index % len(client_keys)], recorder)
+
+        await asyncio.gather(*(submitter() for _ in range(submitters)))
+        finished = asyncio.ensure_future(recorder.wait_for(jobs))
+        await asyncio.wait([finished, *workers], return_when=asyncio.FIRST_COMPLETED)
+        if not finished.done():
+            finished.cancel()
+            for worker in workers:
+                if worker.done():
+                    worker.result()  # raises the miner's error
+            raise RuntimeError(f"a miner stopped: {recorder.completed} of {jobs} completed")
+        elapsed = time.perf_counter() - started
+        cpu_after = _cpu_seconds(pid)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    cpu_ms = (
+        None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / jobs * 1000
+    )
+    return Throughput(jobs / elapsed, cpu_ms, recorder)
+
+
 async def run(args: argparse.Namespace, database_url: str | None) -> dict[str, Any]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -228,46 +290,19 @@ async def run(args: argparse.Namespace, database_url: str | None) -> dict[str, A
                         miners.append((miner_id, (await response.json())["api_key"]))
 
                 # 1. throughput
-                recorder = Recorder()
-                stop = asyncio.Event()
-                workers = [
-                    asyncio.create_task(miner_loop(http, base, m, k, recorder, stop))
-                    for m, k in miners
-                ]
-                await asyncio.sleep(0.3)
-                started = time.perf_counter()
-                cpu_before = _cpu_seconds(process.pid)
-                queue = iter(range(args.jobs))
-
-                async def submitter() -> None:
-                    for _ in queue:
-                        await submit(http, base, client_key, recorder)
-
-                await asyncio.gather(*(submitter() for _ in range(args.submitters)))
-                finished = asyncio.ensure_future(recorder.wait_for(args.jobs))
-                await asyncio.wait([finished, *workers], return_when=asyncio.FIRST_COMPLETED)
-                if not finished.done():
-                    finished.cancel()
-                    for worker in workers:
-                        if worker.done():
-                            worker.result()  # raises the miner's error
-                elapsed = time.perf_counter() - started
-                cpu_after = _cpu_seconds(process.pid)
-                throughput = args.jobs / elapsed
-                server_cpu_ms = (
-                    None
-                    if cpu_before is None or cpu_after is None
-                    else round((cpu_after - cpu_before) / args.jobs * 1000, 3)
+                measured = await throughput(
+                    http, base, [client_key], miners, args.jobs, args.submitters, process.pid
                 )
+                recorder = measured.recorder
+                cpu_ms = measured.server_cpu_ms_per_lifecycle
+                server_cpu_ms = None if cpu_ms is None else round(cpu_ms, 3)
                 queued_latencies = [
                     (recorder.received[j] - t) * 1000 for j, t in recorder.submitted.items()
                 ]
 
                 # 2. dispatch latency with miners already waiting
                 latency_recorder = Recorder()
-                for worker in workers:
-                    worker.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
+                stop = asyncio.Event()
                 latency_workers = [
                     asyncio.create_task(miner_loop(http, base, m, k, latency_recorder, stop))
                     for m, k in miners
@@ -297,7 +332,7 @@ async def run(args: argparse.Namespace, database_url: str | None) -> dict[str, A
         "jobs": args.jobs,
         "miners": args.miners,
         "submitters": args.submitters,
-        "lifecycles_per_second": round(throughput, 1),
+        "lifecycles_per_second": round(measured.lifecycles_per_second, 1),
         "claim_conflicts": recorder.conflicts,
         "server_cpu_ms_per_lifecycle": server_cpu_ms,
         "queued_dispatch_ms_p50": round(statistics.median(queued_latencies), 2),

@@ -15,7 +15,7 @@ import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,10 +163,16 @@ async def _collect(events: AsyncIterator[Event], into: list[Event]) -> None:
         into.append(event)
 
 
-async def _until(condition: Any, seconds: float = EVENT_SECONDS) -> None:
+async def _until(
+    condition: Callable[[], bool | Awaitable[bool]], seconds: float = EVENT_SECONDS
+) -> None:
+    """Poll ``condition`` (a plain or an async callable) every 50 ms until it holds."""
     async with asyncio.timeout(seconds):
         while True:
-            if condition():
+            held = condition()
+            if not isinstance(held, bool):
+                held = await held
+            if held:
                 return
             await asyncio.sleep(0.05)
 
@@ -209,14 +215,15 @@ async def test_the_sdk_resumes_across_a_coordinator_restart(
 
 async def _subscriber_connected(coordinator: Coordinator, seconds: float = 30) -> None:
     """Wait until ``aitbc_websocket_connections`` says one subscriber is connected."""
-    async with httpx.AsyncClient(timeout=5) as http, asyncio.timeout(seconds):
-        while True:
+    async with httpx.AsyncClient(timeout=5) as http:
+
+        async def connected() -> bool:
             response = await http.get(
                 coordinator.url + "/metrics", headers={"X-Api-Key": ADMIN_KEY}
             )
-            if "aitbc_websocket_connections 1.0" in response.text:
-                return
-            await asyncio.sleep(0.05)
+            return "aitbc_websocket_connections 1.0" in response.text
+
+        await _until(connected, seconds)
 
 
 async def test_aitbc_watch_prints_job_events_as_json(

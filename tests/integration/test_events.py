@@ -368,7 +368,7 @@ async def test_a_slow_consumer_is_dropped_without_delaying_another(
         assert runtime.events.dropped == 1
         # Reading again, the stalled consumer finds the connection closed with 1013.
         frames, code = await asyncio.to_thread(slow.read_until_closed)
-        assert code == 1013
+        assert code == events_router.SLOW_CONSUMER_CLOSE_CODE == 1013
         assert frames < total
     finally:
         slow.sock.close()

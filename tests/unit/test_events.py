@@ -19,7 +19,7 @@ from aitbc.domain.events import (
     viewer_key,
     visible_to,
 )
-from aitbc.services.event_hub import SLOW_CONSUMER_CLOSE_CODE, Subscriber, _ChannelState
+from aitbc.services.event_hub import Subscriber, _ChannelState
 
 IDS = st.sampled_from(["c1", "c2", "m1", "m2", None])
 viewers = st.builds(Viewer, st.sampled_from(["client", "miner", "admin", None]), IDS)
@@ -75,12 +75,12 @@ def _event(seq: int) -> Event:
     return Event(seq, "blocks", "block.sealed", None, None, "{}")
 
 
-async def test_a_full_queue_closes_the_subscriber_with_1013() -> None:
+async def test_a_full_queue_drops_the_subscriber_as_too_slow() -> None:
     subscriber = Subscriber(Viewer(None, None), max_queued=3)
     subscriber.channels[Channel.BLOCKS] = _ChannelState(floor=0)  # live from offset 0
     assert all(subscriber.offer(Channel.BLOCKS, _event(n), frame(_event(n))) for n in (1, 2, 3))
     assert not subscriber.offer(Channel.BLOCKS, _event(4), frame(_event(4)))
-    assert subscriber.close_code == SLOW_CONSUMER_CLOSE_CODE
+    assert subscriber.too_slow and subscriber.closing  # /ws maps it to 1013
     assert await subscriber.next_frame() is None
 
 

@@ -57,9 +57,14 @@ class ObservabilityMiddleware:
         self.request_ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            token = REQUEST_ID.set(self.request_ids.of(Headers(scope=scope)))
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                REQUEST_ID.reset(token)
+            return
         if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                REQUEST_ID.set(self.request_ids.of(Headers(scope=scope)))
             await self.app(scope, receive, send)
             return
         request_id = self.request_ids.of(Headers(scope=scope))

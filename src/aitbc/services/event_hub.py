@@ -14,11 +14,11 @@ the event bus says another process did (``services.event_bus``), and every
 reads nothing.
 
 A subscriber's queue is bounded (``ws_max_queued_events``): the pump never waits for
-a connection; one whose queue is full is dropped (closed with 1013, "try again
-later") and resumes with ``since``. A subscription with ``since`` first replays the
-stored events after it, waiting for room as the connection drains, while live
-events for that channel are held back; then the held events not replayed follow,
-so nothing is missed or repeated.
+a connection; one whose queue is full is dropped as too slow (``/ws`` closes it
+with 1013, "try again later") and resumes with ``since``. A subscription with
+``since`` first replays the stored events after it, waiting for room as the
+connection drains, while live events for that channel are held back; then the held
+events not replayed follow, so nothing is missed or repeated.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aitbc.domain.events import Channel, Event, Viewer, audience_keys, frame, viewer_key
 from aitbc.errors import Conflict, Gone
@@ -44,8 +46,7 @@ PUMP_BATCH = 1000
 REPLAY_PAGE = 500
 # Live events held back during a replay, per queued event allowed.
 HELD_PER_QUEUED = 10
-# The close code for a consumer too slow to keep up (RFC 6455 "try again later").
-SLOW_CONSUMER_CLOSE_CODE = 1013
+TOO_SLOW_REASON = "too slow: events overflowed the queue"
 
 
 @dataclass(slots=True)
@@ -64,9 +65,11 @@ class Subscriber:
     viewer: Viewer
     max_queued: int
     channels: dict[Channel, _ChannelState] = field(default_factory=dict)
-    # Set when the connection must close, with this code.
+    # Set when the connection must close, with this code; or too_slow, when the hub
+    # dropped it for overflowing its queue (the route picks the close code for that).
     close_code: int | None = None
     close_reason: str = ""
+    too_slow: bool = False
     _frames: deque[str] = field(default_factory=deque)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _room: asyncio.Event = field(default_factory=asyncio.Event)
@@ -81,28 +84,42 @@ class Subscriber:
         self._frames.append(text)
         self._ready.set()
 
+    @property
+    def closing(self) -> bool:
+        """Whether the connection must close (:meth:`close` or :meth:`drop_too_slow`)."""
+        return self.close_code is not None or self.too_slow
+
     def close(self, code: int, reason: str) -> None:
         """Close the connection once what is queued ahead of the close is dropped."""
-        if self.close_code is None:
+        if not self.closing:
             self.close_code, self.close_reason = code, reason
-            self._frames.clear()
-            self._ready.set()
-            self._room.set()
+            self._shut()
+
+    def drop_too_slow(self) -> None:
+        """Close the connection as too slow to keep up (its queue overflowed)."""
+        if not self.closing:
+            self.too_slow, self.close_reason = True, TOO_SLOW_REASON
+            self._shut()
+
+    def _shut(self) -> None:
+        self._frames.clear()
+        self._ready.set()
+        self._room.set()
 
     def offer(self, channel: Channel, event: Event, text: str) -> bool:
         """A live event from the pump; never waits. False when it overflowed the queue
-        (the subscriber is then closed with 1013)."""
+        (the subscriber is then dropped as too slow)."""
         state = self.channels.get(channel)
-        if state is None or event.seq <= state.floor or self.close_code is not None:
+        if state is None or event.seq <= state.floor or self.closing:
             return True
         if state.held is not None:
             if len(state.held) >= self.max_queued * HELD_PER_QUEUED:
-                self.close(SLOW_CONSUMER_CLOSE_CODE, "too slow: events overflowed the queue")
+                self.drop_too_slow()
                 return False
             state.held.append(event)
             return True
         if len(self._frames) >= self.max_queued:
-            self.close(SLOW_CONSUMER_CLOSE_CODE, "too slow: events overflowed the queue")
+            self.drop_too_slow()
             return False
         state.floor = event.seq
         self._frames.append(text)
@@ -112,21 +129,21 @@ class Subscriber:
     async def put_replayed(self, text: str) -> None:
         """A replayed event: waits while the queue is full (a replay is paced by the
         connection, never dropped for its own size)."""
-        while len(self._frames) >= self.max_queued and self.close_code is None:
+        while len(self._frames) >= self.max_queued and not self.closing:
             self._room.clear()
             await self._room.wait()
-        if self.close_code is None:
+        if not self.closing:
             self._frames.append(text)
             self._ready.set()
 
     async def next_frame(self) -> str | None:
         """The next frame to send, waiting for one; None once the connection must close."""
         while not self._frames:
-            if self.close_code is not None:
+            if self.closing:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        if self.close_code is not None:
+        if self.closing:
             return None
         text = self._frames.popleft()
         self._room.set()
@@ -149,7 +166,16 @@ class EventHub:
         self.on_commit: Callable[[], None] | None = None
         # SQLite: the pump's own connection, read inline (see :meth:`committed`).
         self._reader: SqliteEventReader | None = None
-        self._slice = PUMP_BATCH
+        # The pump's settings, set at start.
+        self._settings: Settings | None = None
+
+    @property
+    def _slice(self) -> int:
+        """Events handed out between two loop turns: half a queue (read from the
+        settings each time, so a change to them applies from the next slice)."""
+        if self._settings is None:
+            return PUMP_BATCH
+        return max(1, self._settings.ws_max_queued_events // 2)
 
     @property
     def connections(self) -> int:
@@ -215,7 +241,7 @@ class EventHub:
 
     async def subscribe(
         self,
-        engine: object,
+        engine: AsyncEngine,
         subscriber: Subscriber,
         channels: list[Channel],
         since: dict[Channel, int],
@@ -230,8 +256,8 @@ class EventHub:
         """
         # PostgreSQL: what committed before this subscription gets its offset first,
         # so "from now" starts after it.
-        await transaction(engine, event_queries.number_pending, PUMP_BATCH)  # type: ignore[arg-type]
-        bounds: LogBounds = await read(engine, event_queries.bounds)  # type: ignore[arg-type]
+        await transaction(engine, event_queries.number_pending, PUMP_BATCH)
+        bounds: LogBounds = await read(engine, event_queries.bounds)
         for channel, offset in since.items():
             if offset < bounds.pruned_through:
                 raise Gone(
@@ -267,12 +293,12 @@ class EventHub:
         for channel in replays:
             await self._replay(engine, subscriber, channel)
 
-    async def _replay(self, engine: object, subscriber: Subscriber, channel: Channel) -> None:
+    async def _replay(self, engine: AsyncEngine, subscriber: Subscriber, channel: Channel) -> None:
         state = subscriber.channels[channel]
         cursor = state.floor
-        while subscriber.close_code is None:
+        while not subscriber.closing:
             page = await read(
-                engine,  # type: ignore[arg-type]
+                engine,
                 event_queries.channel_after,
                 channel,
                 subscriber.viewer,
@@ -330,7 +356,7 @@ class EventHub:
                     self.dropped += 1
 
     async def run(
-        self, engine: object, settings: Settings, reader: SqliteEventReader | None = None
+        self, engine: AsyncEngine, settings: Settings, reader: SqliteEventReader | None = None
     ) -> None:
         """The pump: deliver committed events until cancelled.
 
@@ -339,7 +365,7 @@ class EventHub:
         queue (a thousand jobs submitted at once) passes a connection that keeps up,
         and only one whose socket stopped taking data overflows."""
         self._reader = reader
-        self._slice = max(1, settings.ws_max_queued_events // 2)
+        self._settings = settings
         while True:
             if self._subscribers:
                 with contextlib.suppress(TimeoutError):
@@ -356,14 +382,10 @@ class EventHub:
                     events = reader.after(last, PUMP_BATCH)
                 else:
                     # PostgreSQL: number what committed since (the events' offsets).
-                    numbered = await transaction(
-                        engine,  # type: ignore[arg-type]
-                        event_queries.number_pending,
-                        PUMP_BATCH,
-                    )
+                    numbered = await transaction(engine, event_queries.number_pending, PUMP_BATCH)
                     if numbered == PUMP_BATCH:
                         self._wake.set()
-                    events = await read(engine, event_queries.after, last, PUMP_BATCH)  # type: ignore[arg-type]
+                    events = await read(engine, event_queries.after, last, PUMP_BATCH)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the pump must outlive a database hiccup
@@ -371,11 +393,10 @@ class EventHub:
                 await asyncio.sleep(settings.event_poll_seconds)
                 self._wake.set()
                 continue
-            slice_size = self._slice = max(1, settings.ws_max_queued_events // 2)
             for index, event in enumerate(events):
                 if self.last_seq is None:
                     break  # everyone left while the events were read
-                if index and index % slice_size == 0:
+                if index and index % self._slice == 0:
                     await asyncio.sleep(0)
                     if self.last_seq is None:
                         break

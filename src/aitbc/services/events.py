@@ -46,7 +46,7 @@ _ORJSON_OPTIONS = orjson.OPT_UTC_Z
 _JOB_TYPES = {status.value: job_event_type(status.value) for status in JobStatus}
 
 
-def _iso(moment: datetime) -> datetime:
+def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo is not UTC else moment
 
 
@@ -73,7 +73,7 @@ def job_event(
         "progress": row.progress,
         "attempts": row.attempts,
         "error_code": row.error_code,
-        "at": _iso(now),
+        "at": _utc(now),
     }
     if receipt_id is not None:
         data["receipt_id"] = receipt_id
@@ -107,7 +107,7 @@ def progress_event(
         "client_id": client_id,
         "miner_id": miner_id,
         "progress": progress,
-        "at": _iso(now),
+        "at": _utc(now),
     }
     if streamed is not None:
         data["streamed"] = streamed
@@ -131,7 +131,7 @@ def heartbeat_event(
         "status": status,
         "utilisation": utilisation,
         "running_jobs": running,
-        "at": _iso(now),
+        "at": _utc(now),
     }
     return NewEvent(
         Channel.MINER_HEARTBEATS.value, HEARTBEAT_TYPE, None, None, unix_seconds(now), _json(data)

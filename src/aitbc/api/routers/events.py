@@ -28,7 +28,7 @@ from aitbc.api.middleware import api_key_of
 from aitbc.domain.events import Channel, Viewer, may_subscribe
 from aitbc.errors import AITBCError
 from aitbc.services.auth import authenticate
-from aitbc.services.event_hub import SLOW_CONSUMER_CLOSE_CODE, Subscriber
+from aitbc.services.event_hub import Subscriber
 from aitbc.services.runtime import Principal, Runtime
 
 router = APIRouter(tags=["Events"])
@@ -40,6 +40,8 @@ KEY_RECHECK_SECONDS = 5.0
 # Requests one connection may make per minute (a subscribe with since reads the log).
 MAX_REQUESTS_PER_MINUTE = 120
 POLICY_VIOLATION_CLOSE_CODE = 1008
+# A consumer too slow to keep up, or no room for another (RFC 6455 "try again later").
+SLOW_CONSUMER_CLOSE_CODE = 1013
 MAX_CHANNELS_PER_REQUEST = 16
 
 
@@ -52,6 +54,13 @@ class _BadRequest(Exception):
 
 def _viewer(principal: Principal) -> Viewer:
     return Viewer(role=principal.role, owner_id=principal.owner_id)
+
+
+def _close_code(subscriber: Subscriber) -> int:
+    """The close code for a connection the hub or the route said must close."""
+    if subscriber.too_slow:
+        return SLOW_CONSUMER_CLOSE_CODE
+    return subscriber.close_code or 1000
 
 
 def _reply(request_id: Any, result: dict[str, Any]) -> str:
@@ -134,14 +143,14 @@ class _Connection:
             return  # the peer went away
         if self.websocket.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await self.websocket.close(subscriber.close_code or 1000, subscriber.close_reason)
+                await self.websocket.close(_close_code(subscriber), subscriber.close_reason)
 
     async def read(self) -> None:
         """Answer requests until the peer leaves or the connection goes idle."""
         settings = self.runtime.settings
         last_heard = time.monotonic()
         last_key_check = last_heard
-        while self.subscriber.close_code is None:
+        while not self.subscriber.closing:
             now = time.monotonic()
             wait = KEY_RECHECK_SECONDS
             if not self.subscriber.channels:
