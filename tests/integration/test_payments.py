@@ -39,7 +39,11 @@ PROMPT = "Say hello"
 
 
 async def account(coordinator: Coordinator, headers: dict[str, str]) -> dict[str, Any]:
+    """``{address, balance, held}`` of the caller; jobs never lock funds (only the
+    exchange's open orders do), so ``locked`` and the off-chain assets are zero."""
     body: dict[str, Any] = ok(await coordinator.http.get("/v1/accounts/me", headers=headers))
+    assert body.pop("locked") == 0
+    assert body.pop("assets") == {"USD": {"balance": 0, "locked": 0}}
     return body
 
 
