@@ -145,6 +145,13 @@ class JobRequest(StrictRequest):
         description="AIT per 1,000 units the client accepts at most (default from the "
         "coordinator's settings): only miners posting at most this are offered the job",
     )
+    trade_id: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="a marketplace trade of yours: the job runs only on its miner, at its "
+        "price, paid from it (no max_price then)",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> JobRequest:
@@ -219,6 +226,9 @@ class Job(BaseModel):
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    trade_id: str | None = Field(
+        default=None, description="the marketplace trade whose capacity the job runs on"
+    )
 
 
 class JobList(BaseModel):

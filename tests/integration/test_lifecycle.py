@@ -83,6 +83,7 @@ async def test_heartbeats_renew_the_lease(coordinator: Coordinator) -> None:
             "miners_offline": 0,
             "files_expired": 0,
             "events_pruned": 0,
+            "trades_expired": 0,
         }
         assert (await get_job(coordinator, job_id, client))["status"] == "running"
 

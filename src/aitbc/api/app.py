@@ -24,6 +24,7 @@ from aitbc.api.routers import (
     explorer,
     files,
     jobs,
+    marketplace,
     miners,
     openai,
     receipts,
@@ -145,6 +146,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now, run_sweeper: bool 
         explorer,
         events,
         exchange,
+        marketplace,
     )
     # Routes are matched in inclusion order: placing an order, the exchange's hottest
     # request, is matched first (two routes: the job routes after it barely notice).

@@ -87,6 +87,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "max_price": args.max_price,
         "priority": args.priority,
         "mode": args.mode,
+        "trade_id": args.trade,
     }
     if not args.wait:
         with _client(args) as client:
@@ -268,6 +269,7 @@ def add_parsers(commands: Any) -> None:
     submit.add_argument("--temperature", type=float)
     submit.add_argument("--seed", type=int)
     submit.add_argument("--max-price", help="AIT per 1,000 tokens at most")
+    submit.add_argument("--trade", help="run on capacity you bought (aitbc market buy)")
     submit.add_argument("--mode", choices=["chat", "completion"])
     submit.add_argument("--priority", choices=["low", "normal", "high"])
     submit.add_argument("--wait", action="store_true", help="stream the answer until done")

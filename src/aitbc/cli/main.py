@@ -234,8 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch_cli.add_parser(commands)
 
     from aitbc.cli import exchange as exchange_cli
+    from aitbc.cli import market as market_cli
 
     exchange_cli.add_parsers(commands)
+    market_cli.add_parsers(commands)
     return parser
 
 

@@ -48,6 +48,7 @@ from aitbc.sdk.errors import (
 )
 from aitbc.sdk.events import Event, event_stream
 from aitbc.sdk.exchange import AsyncExchange, Exchange
+from aitbc.sdk.marketplace import AsyncMarket, Market
 from aitbc.sdk.receipts import verify_receipt
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -305,6 +306,7 @@ class Client(_Base):
         self.miners = Miners(self)
         self.admin = Admin(self)
         self.exchange = Exchange(self)
+        self.market = Market(self)
 
     def __enter__(self) -> Client:
         return self
@@ -401,6 +403,7 @@ class AsyncClient(_Base):
         self.miners = AsyncMiners(self)
         self.admin = AsyncAdmin(self)
         self.exchange = AsyncExchange(self)
+        self.market = AsyncMarket(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self

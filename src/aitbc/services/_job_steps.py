@@ -17,7 +17,7 @@ from aitbc.services import payment
 from aitbc.services.dispatch import Offer
 from aitbc.services.runtime import Principal
 from aitbc.services.views import JobDocument, job_document
-from aitbc.storage import job_queries
+from aitbc.storage import job_queries, market_queries
 from aitbc.storage.job_queries import JobRecord
 
 TIMEOUT_ERROR_CODE = "timeout"
@@ -43,6 +43,7 @@ def offer_of(row: JobRecord) -> Offer[JobDocument]:
         requirements=requirements_of(row),
         payload=job_document(row),
         max_price_micro=row.max_price_micro,
+        target_miner_id=row.target_miner_id,
     )
 
 
@@ -85,6 +86,10 @@ def refund_if_ended(connection: Connection, row: JobRecord) -> None:
     (cancelled or failed). Only the transition that ended the job matched, so this
     runs once per job."""
     if row.status in _UNPAID_ENDS and row.held_micro:
+        if row.trade_id is not None:
+            # A trade's job held part of the trade's escrow: it is the trade's again.
+            market_queries.release(connection, row.trade_id, row.held_micro)
+            return
         payment.refund_job(
             connection, row.client_id, row.id, row.held_micro, unix_seconds(row.completed_at)
         )

@@ -27,7 +27,7 @@ from aitbc.services._job_steps import held_job, timeout_values, transition
 from aitbc.services.auth import require_miner
 from aitbc.services.events import job_event, publish, receipt_event
 from aitbc.services.runtime import Principal, Runtime
-from aitbc.storage import event_queries, job_queries, receipt_queries
+from aitbc.storage import event_queries, job_queries, market_queries, receipt_queries
 from aitbc.storage.db import read, transaction
 from aitbc.storage.event_queries import NewEvent
 from aitbc.storage.job_queries import JobRecord
@@ -187,20 +187,41 @@ async def complete(
             timestamp = unix_seconds(now)
             hold = row.held_micro
             anchor = payment.receipt_anchor(receipt_id, signed.canonical, timestamp)
-            payment.settle_job(
-                connection,
-                client_id=row.client_id,
-                miner_id=miner_id,
-                job_id=job_id,
-                hold_micro=hold,
-                settlement=(
-                    settle(hold, terms.price_micro, runtime.settings.fee_basis_points)
-                    if hold
-                    else None
-                ),
-                anchor=anchor,
-                timestamp=timestamp,
-            )
+            if row.trade_id is not None and hold:
+                # Paid out of the trade's escrow; the rest of the job's hold stays
+                # the trade's.
+                settlement = settle(hold, terms.price_micro, runtime.settings.fee_basis_points)
+                payment.settle_trade_job(
+                    connection,
+                    client_id=row.client_id,
+                    miner_id=miner_id,
+                    trade_id=row.trade_id,
+                    settlement=settlement,
+                    anchor=anchor,
+                    timestamp=timestamp,
+                )
+                market_queries.settle_job(
+                    connection,
+                    row.trade_id,
+                    hold,
+                    settlement.price_micro,
+                    prompt_tokens + completion_tokens,
+                )
+            else:
+                payment.settle_job(
+                    connection,
+                    client_id=row.client_id,
+                    miner_id=miner_id,
+                    job_id=job_id,
+                    hold_micro=hold,
+                    settlement=(
+                        settle(hold, terms.price_micro, runtime.settings.fee_basis_points)
+                        if hold
+                        else None
+                    ),
+                    anchor=anchor,
+                    timestamp=timestamp,
+                )
             built[:] = [
                 job_event(row, runtime.clock(), receipt_id=receipt_id),
                 receipt_event(

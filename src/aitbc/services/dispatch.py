@@ -56,6 +56,8 @@ class Offer(Generic[T]):
     payload: T
     # The most the client accepts per 1,000 units (µAIT); None: no bound.
     max_price_micro: int | None = None
+    # A marketplace trade's job: only this miner may take it, at the trade's price.
+    target_miner_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,12 @@ class Taker:
 
 def can_take(offer: Offer[T], taker: Taker) -> bool:
     """Whether ``taker`` may be offered ``offer``: it serves the model on the hardware
-    asked for, at a price the client accepts."""
+    asked for, at a price the client accepts; a trade's job goes to its miner only
+    (at the trade's price)."""
+    if offer.target_miner_id is not None:
+        return offer.target_miner_id == taker.miner_id and can_run(
+            offer.model, offer.requirements, taker.hardware
+        )
     return can_run(offer.model, offer.requirements, taker.hardware) and within_price(
         offer.max_price_micro, taker.price_micro
     )

@@ -21,7 +21,7 @@ from aitbc.domain.timestamps import unix_seconds
 from aitbc.errors import Conflict, InsufficientFunds, InvalidRequest, PayloadTooLarge
 from aitbc.schemas import JobRequest
 from aitbc.services import files as file_service
-from aitbc.services import payment
+from aitbc.services import marketplace, payment
 from aitbc.services._job_steps import load_visible_job, offer_of, transition
 from aitbc.services.auth import require_client, require_role
 from aitbc.services.events import job_event, publish
@@ -65,11 +65,22 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
         runtime.sessions, now, settings.miner_offline_after_seconds
     )
     max_tokens = request.params.max_tokens
-    max_price_micro = to_micro(
-        settings.default_max_price if request.max_price is None else request.max_price
-    )
+    trade = None
+    if request.trade_id is not None:
+        trade = await marketplace.trade_for_job(runtime, client_id, request, model, now)
+        max_price_micro = int(trade.price_micro)
+        # The job cannot outlive the capacity it runs on.
+        timeout_seconds = max(
+            1, min(timeout_seconds, int((trade.expires_at - now).total_seconds()))
+        )
+    else:
+        max_price_micro = to_micro(
+            settings.default_max_price if request.max_price is None else request.max_price
+        )
     eligible = list(market.eligible_prices(model, requirements))
     affordable = [price for price in eligible if within_price(max_price_micro, price)]
+    if trade is not None:
+        eligible = affordable = [max_price_micro]
     job_id = runtime.new_id("job")
     hold_micro = job_hold_micro(prompt, max_tokens, max_price_micro)
     values = {
@@ -99,14 +110,20 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
         ),
         "max_price_micro": max_price_micro,
         "held_micro": hold_micro,
+        "trade_id": None if trade is None else trade.trade_id,
+        "target_miner_id": None if trade is None else trade.miner_id,
     }
 
     built: list[NewEvent] = []
 
     def work(connection: Connection) -> JobRecord:
         # The hold first: a client whose balance is short gets 402 and nothing is
-        # written (the transaction rolls back with the error).
-        payment.hold_for_job(connection, client_id, job_id, hold_micro, unix_seconds(now))
+        # written (the transaction rolls back with the error). A trade's job holds
+        # part of the trade's escrow instead (409 when the trade has not that much).
+        if trade is not None:
+            marketplace.reserve_for_job(connection, trade, client_id, hold_micro, now)
+        else:
+            payment.hold_for_job(connection, client_id, job_id, hold_micro, unix_seconds(now))
         row = job_queries.insert_job(connection, values)
         built[:] = [job_event(row, runtime.clock())]
         event_queries.append(connection, built)

@@ -215,3 +215,53 @@ def settle_job(
             )
         )
     record(connection, transactions, held={client_id: -hold_micro})
+
+
+def hold_for_trade(
+    connection: Connection, client_id: str, trade_id: str, amount_micro: int, timestamp: int
+) -> None:
+    """Move what a marketplace trade costs from its buyer into escrow (``ref`` = the
+    trade id); :class:`InsufficientFunds` when the buyer's balance is short. The
+    buyer's ``held`` counts it until its jobs pay it out or it is refunded."""
+    if amount_micro:
+        hold = _escrow(TxType.ESCROW_HOLD, client_id, ESCROW, amount_micro, trade_id, timestamp)
+        record(connection, [hold], held={client_id: amount_micro})
+
+
+def settle_trade_job(
+    connection: Connection,
+    *,
+    client_id: str,
+    miner_id: str,
+    trade_id: str,
+    settlement: Settlement,
+    anchor: NewTransaction,
+    timestamp: int,
+) -> None:
+    """Record a completed job of a trade: its receipt's anchor and its price out of
+    the trade's escrow (``escrow_release``, ``ref`` = the trade id: the miner's share
+    to the miner, the fee to ``treasury``). What the job held beyond its price stays
+    the trade's, in escrow, for its next jobs or its refund."""
+    transactions = [anchor]
+    if settlement.price_micro:
+        transactions.append(
+            _escrow(
+                TxType.ESCROW_RELEASE,
+                ESCROW,
+                miner_id,
+                settlement.miner_micro,
+                trade_id,
+                timestamp,
+                fee_micro=settlement.fee_micro,
+            )
+        )
+    record(connection, transactions, held={client_id: -settlement.price_micro})
+
+
+def refund_trade(
+    connection: Connection, client_id: str, trade_id: str, refund_micro: int, timestamp: int
+) -> None:
+    """Give what a trade's jobs did not use back to its buyer, at its expiry."""
+    if refund_micro:
+        refund = _escrow(TxType.ESCROW_REFUND, ESCROW, client_id, refund_micro, trade_id, timestamp)
+        record(connection, [refund], held={client_id: -refund_micro})

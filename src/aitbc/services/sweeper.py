@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 
 from aitbc.domain.jobs import JobStatus, status_after_lost_attempt
 from aitbc.domain.timestamps import unix_seconds
-from aitbc.services import files, miners
+from aitbc.services import files, marketplace, miners
 from aitbc.services._job_steps import (
     LEASE_LAPSED_ERROR_CODE,
     lost_attempt_values,
@@ -101,6 +101,9 @@ async def sweep_once(runtime: Runtime) -> dict[str, int]:
     counts["miners_offline"] = await miners.mark_offline(runtime)
     counts["files_expired"] = await files.delete_expired(runtime)
     counts["events_pruned"] = await prune_events(runtime)
+    counts["trades_expired"] = await transaction(
+        runtime.engine, marketplace.expire_trades, runtime.clock()
+    )
     return counts
 
 

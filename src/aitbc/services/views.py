@@ -78,6 +78,7 @@ def job_document(job: Row[Any] | models.Job) -> JobDocument:
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "completed_at": _iso(job.completed_at),
+        "trade_id": job.trade_id,
     }
 
 

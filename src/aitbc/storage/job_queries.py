@@ -69,6 +69,8 @@ def dispatch_filter(hardware: MinerHardware) -> ColumnElement[bool]:
         # One bound parameter per model (not an "expanding" IN list, which makes
         # SQLAlchemy re-render the statement on every execution).
         C.model.in_([literal(model) for model in sorted(hardware.models)]),
+        # A job of a marketplace trade runs only on the trade's miner.
+        or_(C.target_miner_id.is_(None), C.target_miner_id == bindparam("miner")),
         C.req_gpu_count <= hardware.gpu_count,
         C.req_min_vram_gb <= (hardware.gpu_memory_gb or 0.0),
         or_(
@@ -101,8 +103,11 @@ _CLAIMER_CONCURRENCY = (
 
 def price_filter(price: ColumnElement[Any]) -> ColumnElement[bool]:
     """SQL condition: the job accepts ``price`` (µAIT per 1,000 units; mirrors
-    ``domain.jobs.within_price``)."""
-    return or_(C.max_price_micro.is_(None), C.max_price_micro >= price)
+    ``domain.jobs.within_price``), or it is a trade's job, which its miner runs at the
+    trade's price whatever it posts now (the dispatch filter names the miner)."""
+    return or_(
+        C.max_price_micro.is_(None), C.max_price_micro >= price, C.target_miner_id.is_not(None)
+    )
 
 
 @lru_cache(maxsize=HARDWARE_CACHE_SIZE)
@@ -165,8 +170,8 @@ def _claim_statement(hardware: MinerHardware) -> Update:
             error=None,
             error_code=None,
             # The price the miner posts now is the price of this job, whatever it
-            # posts later.
-            unit_price_micro=_CLAIMER_PRICE,
+            # posts later; a trade's job is priced as the trade was (its max_price).
+            unit_price_micro=case((C.trade_id.is_(None), _CLAIMER_PRICE), else_=C.max_price_micro),
             prompt_allowance_tokens=_allowance_by_model(hardware),
         )
         .returning(JOBS)

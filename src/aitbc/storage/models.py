@@ -182,6 +182,10 @@ class Job(Base):
     held_micro: Mapped[int | None] = mapped_column(BigInteger)
     # Why the job has no cost estimate at submit (no online miner could take it).
     estimate_note: Mapped[str | None] = mapped_column(Text)
+    # A job bought capacity pays for (DESIGN.md section 7): it runs only on the
+    # trade's miner, at the trade's price, its hold drawn from the trade's escrow.
+    trade_id: Mapped[str | None] = mapped_column(String(64))
+    target_miner_id: Mapped[str | None] = mapped_column(String(128))
 
     # Partial indexes hold only the jobs a query looks for: the queue stays a small
     # index however many finished jobs the table keeps, and a state change touches
@@ -520,4 +524,75 @@ class ExchangeTrade(Base):
         Index("ix_exchange_trades_taker_order", "taker_order_id"),
         Index("ix_exchange_trades_buyer_seq", "buyer", "seq"),
         Index("ix_exchange_trades_seller_seq", "seller", "seq"),
+    )
+
+
+# --- the compute marketplace (DESIGN.md section 7) ------------------------------------------
+
+
+class MarketOffer(Base):
+    """Capacity a miner offers: tokens of its models at a price, until a time.
+    ``remaining_tokens`` only falls by trades (a CHECK keeps it at or above 0), so an
+    offer is never oversold."""
+
+    __tablename__ = "market_offers"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    offer_id: Mapped[str] = mapped_column(String(64), unique=True)
+    miner_id: Mapped[str] = mapped_column(String(128))
+    models: Mapped[list[str]] = mapped_column(JSON)
+    price_micro: Mapped[int] = mapped_column(BigInteger)
+    capacity_tokens: Mapped[int] = mapped_column(BigInteger)
+    remaining_tokens: Mapped[int] = mapped_column(BigInteger)
+    valid_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    gpu_type: Mapped[str | None] = mapped_column(String(100))
+    gpu_count: Mapped[int | None] = mapped_column(Integer)
+    vram_gb: Mapped[float | None] = mapped_column(Float)
+    region: Mapped[str | None] = mapped_column(String(64))
+    # open, sold_out, withdrawn (expired is read from valid_until).
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("remaining_tokens >= 0", name="ck_market_offers_remaining"),
+        Index("ix_market_offers_status_price", "status", "price_micro"),
+    )
+
+
+class MarketTrade(Base):
+    """Capacity bought from an offer: ``amount`` in escrow (``ref`` = the trade id),
+    drawn by its jobs: ``reserved`` is what its unfinished jobs hold of it, ``paid``
+    what their receipts paid out; the rest is refunded at ``expires_at``, once."""
+
+    __tablename__ = "market_trades"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    trade_id: Mapped[str] = mapped_column(String(64), unique=True)
+    offer_id: Mapped[str] = mapped_column(String(64))
+    client_id: Mapped[str] = mapped_column(String(64))
+    miner_id: Mapped[str] = mapped_column(String(128))
+    models: Mapped[list[str]] = mapped_column(JSON)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    price_micro: Mapped[int] = mapped_column(BigInteger)
+    amount_micro: Mapped[int] = mapped_column(BigInteger)
+    reserved_micro: Mapped[int] = mapped_column(BigInteger)
+    paid_micro: Mapped[int] = mapped_column(BigInteger)
+    used_tokens: Mapped[int] = mapped_column(BigInteger)
+    refunded_micro: Mapped[int] = mapped_column(BigInteger)
+    # active, expired (its rest refunded).
+    status: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("reserved_micro >= 0", name="ck_market_trades_reserved"),
+        CheckConstraint(
+            "reserved_micro + paid_micro <= amount_micro", name="ck_market_trades_within_amount"
+        ),
+        Index("ix_market_trades_client_seq", "client_id", "seq"),
+        _partial("ix_market_trades_active_expiry", "status = 'active'", "expires_at"),
     )
