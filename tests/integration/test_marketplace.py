@@ -274,3 +274,44 @@ async def test_many_buyers_at_once_never_oversell_an_offer(coordinator: Coordina
     sold = ok(await coordinator.http.get(f"/v1/marketplace/offers/{made['offer_id']}"))
     assert sold["remaining_tokens"] == 0 and sold["status"] == "sold_out"
     await check_books(coordinator)
+
+
+async def test_money_is_conserved_across_jobs_trades_orders_and_fees(
+    coordinator: Coordinator,
+) -> None:
+    miner = await coordinator.new_miner(MINER, price=1)
+    made = await offer(coordinator, miner, price=1, capacity_tokens=50_000)
+    clients = [await coordinator.new_client() for _ in range(4)]
+    for client_id, _ in clients:
+        ok(
+            await coordinator.http.post(
+                "/v1/admin/deposits",
+                json={"address": client_id, "asset": "USD", "amount": 100},
+                headers=coordinator.admin_headers,
+            ),
+            201,
+        )
+
+    async def busy(headers: dict[str, str]) -> None:
+        trade = (await buy(coordinator, headers, made["offer_id"], 5_000)).json()
+        job = await coordinator.submit(
+            headers, trade_id=trade["trade_id"], params={"max_tokens": 50}
+        )
+        plain = await coordinator.submit(headers, params={"max_tokens": 50})
+        for order in (
+            {"side": "sell", "price": "1.0", "amount": "3"},
+            {"side": "buy", "price": "1.01", "amount": "2"},
+            {"side": "buy", "type": "market", "amount": "0.5"},
+        ):
+            await coordinator.http.post(
+                "/v1/exchange/orders", json={"market": "AIT-USD", **order}, headers=headers
+            )
+        for job_id in (job["job_id"], plain["job_id"]):
+            await claim_ok(coordinator, job_id, MINER, miner)
+            ok(await complete(coordinator, job_id, MINER, miner))
+
+    for _, headers in clients:
+        await busy(headers)
+    coordinator.clock.advance(2 * 3600)
+    assert (await sweep(coordinator))["trades_expired"] == len(clients)
+    await check_books(coordinator)
