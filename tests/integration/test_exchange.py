@@ -24,6 +24,7 @@ from aitbc.domain.signing import KeyRing
 from aitbc.sdk.chain import HttpChainSource, verify_chain
 from aitbc.services import exchange
 from aitbc.services.ledger import seal_once
+from aitbc.storage import exchange_queries
 from aitbc.storage.db import read
 from tests.conftest import Coordinator, make_settings
 from tests.integration.helpers import assert_error, ok
@@ -265,6 +266,11 @@ async def test_time_in_force_and_self_trade_prevention(coordinator: Coordinator)
         coordinator, bob, side="buy", price="2", amount="1", time_in_force="post_only"
     )
     assert post["status"] == "rejected" and post["locked"] == 0
+    # Every batch that changed the market raised its counter here and in memory alike
+    # (a lag would make the next batch rebuild the book).
+    state = coordinator.runtime.exchange.markets[MARKET]
+    stored = await read(coordinator.runtime.engine, exchange_queries.market_sequence, MARKET)
+    assert state.sequence == stored
     resting_bid = await order(
         coordinator, bob, side="buy", price="1", amount="1", time_in_force="post_only"
     )

@@ -124,7 +124,7 @@ async def _drain(runtime: Runtime, state: MarketState) -> None:
 
 async def _run_batch(runtime: Runtime, state: MarketState, batch: list[Command]) -> None:
     try:
-        outcomes, trades, events = await transaction(
+        outcomes, trades, events, changed = await transaction(
             runtime.engine, state.run_batch, batch, _now_ms(runtime), runtime.new_id
         )
     except BaseException as exc:
@@ -142,7 +142,7 @@ async def _run_batch(runtime: Runtime, state: MarketState, batch: list[Command])
         if isinstance(exc, asyncio.CancelledError):
             raise
         return
-    state.committed(trades, bool(events))
+    state.committed(trades, changed)
     runtime.metrics.exchange_orders.inc(sum(1 for c in batch if c.order is not None))
     runtime.metrics.exchange_trades.inc(len(trades))
     runtime.metrics.exchange_batches.inc()

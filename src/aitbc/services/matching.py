@@ -365,10 +365,11 @@ class MarketState:
         commands: Sequence[Command],
         now_ms: int,
         new_id: Callable[[str], str],
-    ) -> tuple[list[OrderOutcome], list[TradeRecord], list[NewEvent]]:
+    ) -> tuple[list[OrderOutcome], list[TradeRecord], list[NewEvent], bool]:
         """Match and settle ``commands`` in the caller's transaction (see the module
-        docstring). The in-memory book is changed as it goes; the caller marks it
-        stale if the transaction does not commit."""
+        docstring): their outcomes, the fills, the events written and whether the
+        market changed (its counter was raised). The in-memory book is changed as it
+        goes; the caller marks it stale if the transaction does not commit."""
         exchange_queries.writer_lock(connection, self.index)
         stored_sequence = exchange_queries.market_sequence(connection, self.spec.name)
         if self.stale or stored_sequence != self.sequence:
@@ -389,7 +390,7 @@ class MarketState:
             exchange_queries.set_market_sequence(
                 connection, self.spec.name, self.sequence + 1, stored_sequence
             )
-        return outcomes, batch.trades, events
+        return outcomes, batch.trades, events, batch.changed
 
     def committed(self, trades: Sequence[TradeRecord], changed: bool) -> None:
         """After the batch's commit: its fills join the recent list and the ticker."""
