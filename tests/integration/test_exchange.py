@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
 
 from aitbc.api import create_app
 from aitbc.domain.signing import KeyRing
@@ -448,3 +449,41 @@ async def test_fills_and_book_changes_are_public_events(coordinator: Coordinator
         assert level["data"]["asks"] == [[2.0, 2.0]]
         assert level["data"]["sequence"] == (await book(coordinator))["sequence"]
         assert level["seq"] > trade["seq"] > rested["seq"]
+
+
+async def test_a_batch_the_database_refuses_is_matched_again_or_leaves_nothing(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, seller = await trader(coordinator)
+    _, buyer = await trader(coordinator, usd=100)
+    await order(coordinator, seller, side="sell", price="2", amount="3")
+    real_insert = exchange_queries.insert_trades
+    failures = {"left": 1}
+
+    def refusing(connection: Connection, rows: Any) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OperationalError("INSERT INTO exchange_trades", {}, RuntimeError("deadlock"))
+        real_insert(connection, rows)
+
+    monkeypatch.setattr(exchange_queries, "insert_trades", refusing)
+    # Refused once (a deadlock, say): the batch is matched again and commits once.
+    filled = await order(coordinator, buyer, side="buy", price="2", amount="1")
+    assert filled["status"] == "filled" and len(filled["fills"]) == 1
+    trades = ok(await coordinator.http.get(f"/v1/exchange/trades?market={MARKET}"))
+    assert [t["trade_id"] for t in trades] == [filled["fills"][0]["trade_id"]]
+    assert (await book(coordinator))["asks"] == [[2.0, 2.0]]
+    # Refused every time: 503, nothing written, and the book is as it was.
+    failures["left"] = 10
+    response = await coordinator.http.post(
+        "/v1/exchange/orders",
+        json={"market": MARKET, "side": "buy", "type": "limit", "price": "2", "amount": "1"},
+        headers=buyer,
+    )
+    assert_error(response, 503, "database_unavailable")
+    assert (await book(coordinator))["asks"] == [[2.0, 2.0]]
+    assert (await me(coordinator, buyer))["assets"]["USD"] == {"balance": 98.0, "locked": 0}
+    failures["left"] = 0
+    again = await order(coordinator, buyer, side="buy", price="2", amount="1")
+    assert again["status"] == "filled"
+    await check_books(coordinator)

@@ -15,10 +15,18 @@ import logging
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from aitbc.domain.exchange import MICRO_PER_UNIT, MarketSpec, parse_micro
 from aitbc.domain.orderbook import OrderRequest, OrderType, Side, TimeInForce
-from aitbc.errors import AITBCError, InvalidRequest, NotFound, PermissionDenied, ValidationFailed
+from aitbc.errors import (
+    AITBCError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from aitbc.exchange_schemas import DepositRequest
 from aitbc.exchange_schemas import OrderRequest as OrderBody
 from aitbc.services.auth import require_role
@@ -43,6 +51,8 @@ log = logging.getLogger(__name__)
 MAX_ORDERS_LISTED = 100
 # Event-loop turns the writer waits before taking a batch (see _drain).
 BATCH_GATHER_TURNS = 2
+# A batch the database refuses as a whole is matched again this many times in all.
+MAX_BATCH_ATTEMPTS = 2
 STATUS_GROUPS = {
     "open": ("open", "partially_filled"),
     "closed": ("filled", "cancelled", "rejected"),
@@ -123,25 +133,41 @@ async def _drain(runtime: Runtime, state: MarketState) -> None:
 
 
 async def _run_batch(runtime: Runtime, state: MarketState, batch: list[Command]) -> None:
-    try:
-        outcomes, trades, events, changed = await transaction(
-            runtime.engine, state.run_batch, batch, _now_ms(runtime), runtime.new_id
-        )
-    except BaseException as exc:
-        state.stale = True
-        error = (
-            exc
-            if isinstance(exc, AITBCError)
-            else AITBCError("the order could not be matched; try again", error_code="internal")
-        )
-        if not isinstance(exc, AITBCError | asyncio.CancelledError):
-            log.exception("a batch of %d orders on %s failed", len(batch), state.spec.name)
-        for command in batch:
-            if not command.future.done():
-                command.future.set_result(OrderOutcome(error=error))
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return
+    attempt = 1
+    while True:
+        try:
+            outcomes, trades, events, changed = await transaction(
+                runtime.engine, state.run_batch, batch, _now_ms(runtime), runtime.new_id
+            )
+            break
+        except (ServiceUnavailable, DBAPIError) as exc:
+            # The database refused the batch as a whole (a deadlock with another
+            # writer, a lost connection): nothing of it was written. The book is
+            # rebuilt from the database and the batch matched again, once.
+            state.stale = True
+            if attempt < MAX_BATCH_ATTEMPTS:
+                attempt += 1
+                log.warning(
+                    "a batch of %d orders on %s was refused by the database (%s); "
+                    "matching it again",
+                    len(batch),
+                    state.spec.name,
+                    exc,
+                )
+                continue
+            # Rebuilt before the answers: a caller told "failed" reads the book as
+            # the database holds it.
+            await _restore(runtime, state)
+            _fail(state, batch, exc)
+            return
+        except BaseException as exc:
+            state.stale = True  # the book in memory may hold what did not commit
+            if isinstance(exc, asyncio.CancelledError):
+                _fail(state, batch, exc)
+                raise
+            await _restore(runtime, state)
+            _fail(state, batch, exc)
+            return
     state.committed(trades, changed)
     runtime.metrics.exchange_orders.inc(sum(1 for c in batch if c.order is not None))
     runtime.metrics.exchange_trades.inc(len(trades))
@@ -150,6 +176,30 @@ async def _run_batch(runtime: Runtime, state: MarketState, batch: list[Command])
     for command, outcome in zip(batch, outcomes, strict=True):
         if not command.future.done():
             command.future.set_result(outcome)
+
+
+async def _restore(runtime: Runtime, state: MarketState) -> None:
+    """Rebuild the book after a batch that did not commit, so reads from memory show
+    what the database holds (if the database is unreachable now, the next batch or
+    the follower rebuilds it)."""
+    try:
+        await read(runtime.engine, state.rebuild, _now_ms(runtime))
+    except Exception:  # the database may be what failed: leave it stale
+        log.warning("rebuilding market %s failed; it stays stale", state.spec.name)
+
+
+def _fail(state: MarketState, batch: list[Command], exc: BaseException) -> None:
+    """Answer every order of a batch that was not committed with the error."""
+    error = (
+        exc
+        if isinstance(exc, AITBCError)
+        else AITBCError("the order could not be matched; try again", error_code="internal")
+    )
+    if not isinstance(exc, AITBCError | asyncio.CancelledError):
+        log.exception("a batch of %d orders on %s failed", len(batch), state.spec.name)
+    for command in batch:
+        if not command.future.done():
+            command.future.set_result(OrderOutcome(error=error))
 
 
 # --- orders -----------------------------------------------------------------------------
