@@ -841,6 +841,9 @@ class StubCoordinator:
     registrations: list[dict[str, Any]] = field(default_factory=list)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
     polls: int = 0
+    # Long polls waiting at once, and the most seen.
+    waiting: int = 0
+    most_waiting: int = 0
 
     def app(self) -> Any:
         from starlette.applications import Starlette
@@ -861,7 +864,12 @@ class StubCoordinator:
         async def available(request: Request) -> JSONResponse:
             self.polls += 1
             if len(self.heartbeats) < 2:  # idle for a while first: no job yet
-                await asyncio.sleep(0.5)
+                self.waiting += 1
+                self.most_waiting = max(self.most_waiting, self.waiting)
+                try:
+                    await asyncio.sleep(0.5)
+                finally:
+                    self.waiting -= 1
                 return JSONResponse(None)
             detail = {"detail": "unknown or revoked API key", "error_code": "invalid_api_key"}
             return JSONResponse(detail, 401)
@@ -879,7 +887,8 @@ def test_a_refused_poll_stops_the_daemon_and_registration_declares_its_limits(
     tmp_path: Path,
 ) -> None:
     """The long poll answered 401 stops the daemon with one line and exit 1 (before,
-    the poll task died unnoticed while heartbeats went on). What it sent on the way:
+    the poll task died unnoticed while heartbeats went on), whichever of its polls (one
+    per slot, waiting at once) met it first. What it sent on the way:
     its concurrency and its template overhead at registration, and every heartbeat
     lists its running jobs, also when there are none (only listed jobs are renewed)."""
     stub = StubCoordinator()
@@ -897,6 +906,8 @@ def test_a_refused_poll_stops_the_daemon_and_registration_declares_its_limits(
     assert code == 1, miner.logs()
     (line,) = error_lines(miner)
     assert "stopping: the poll task failed: 401 invalid_api_key" in line, line
+    # One long poll per slot: jobs submitted together are fetched together.
+    assert stub.most_waiting == 2
     assert "Traceback" not in miner.log_text()
 
     (registration,) = stub.registrations

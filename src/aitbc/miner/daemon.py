@@ -5,7 +5,8 @@ Tasks, all on one event loop:
 - **heartbeat**: every ``heartbeat_seconds`` whatever the jobs are doing; lists the
   jobs the miner holds (running, or finished and not yet delivered) so their
   leases stay renewed, and stops those the coordinator lists as cancelled;
-- **poll**: while a slot of ``concurrency`` is free, long-poll for a job and claim it;
+- **poll**: one long poll per free slot of ``concurrency``, each claiming the job it
+  gets (jobs submitted together start together);
 - **one task per job**: generate on the backend, report progress as tokens come
   (the answer's ``should_stop`` cancels), then keep the result on disk and deliver it;
 - **outbox**: re-send kept results until the coordinator acknowledges them.
@@ -179,7 +180,7 @@ class Miner:
             tasks = {
                 "heartbeat": asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                 "outbox": asyncio.create_task(self._outbox_loop(), name="outbox"),
-                "poll": asyncio.create_task(self._poll_loop(), name="poll"),
+                "poll": asyncio.create_task(self._poll_loops(), name="poll"),
             }
             failure = await self._watch(tasks, stop)
             await self._shutdown(tasks)
@@ -252,6 +253,23 @@ class Miner:
                 running.control.cancelled.set()
             if pending:
                 await asyncio.wait(pending)
+
+    async def _poll_loops(self) -> None:
+        """One long poll per job slot, so jobs submitted together start together (one
+        poll at a time would fetch them one round trip after another, each slower
+        than the last while the first ones generate); the first to fail stops all."""
+        loops = [
+            asyncio.create_task(self._poll_loop(), name=f"poll-{index}")
+            for index in range(max(1, self.config.concurrency))
+        ]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # the first failure is the poll task's
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
 
     async def _poll_loop(self) -> None:
         while True:
