@@ -90,7 +90,7 @@ def refund_if_ended(connection: Connection, row: JobRecord) -> None:
             # A trade's job held part of the trade's escrow: it is the trade's again.
             market_queries.release(connection, row.trade_id, row.held_micro)
             return
-        payment.refund_job(
+        payment.refund_from_escrow(
             connection, row.client_id, row.id, row.held_micro, unix_seconds(row.completed_at)
         )
 

@@ -336,22 +336,22 @@ async def list_orders(
 
     def work(connection: Connection) -> tuple[list[Any], list[Any]]:
         rows = exchange_queries.orders_of(
-            connection, owner, statuses=statuses, market=market, limit=limit, before_seq=None
+            connection, owner, statuses=statuses, market=market, limit=limit
         )
         fills = exchange_queries.fills_of(connection, [str(row.order_id) for row in rows])
         return rows, fills
 
     rows, fills = await read(runtime.engine, work)
-    by_order: dict[str, list[TradeRecord]] = {}
+    # Each fill belongs to its maker's and its taker's order (oldest first, as read).
+    by_order: dict[str, list[Any]] = {}
+    for fill in fills:
+        for order_id in (str(fill.maker_order_id), str(fill.taker_order_id)):
+            by_order.setdefault(order_id, []).append(fill)
     views = []
     for row in rows:
         spec = runtime.exchange.market(str(row.market)).spec
-        for fill in fills:
-            if row.order_id in (fill.maker_order_id, fill.taker_order_id):
-                by_order.setdefault(str(row.order_id), []).append(TradeRecord.from_row(spec, fill))
-        views.append(
-            order_view(spec, OrderState.from_row(row), by_order.get(str(row.order_id), []))
-        )
+        trades = [TradeRecord.from_row(spec, fill) for fill in by_order.get(str(row.order_id), [])]
+        views.append(order_view(spec, OrderState.from_row(row), trades))
     return {"orders": views}
 
 

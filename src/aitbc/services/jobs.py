@@ -123,7 +123,7 @@ async def submit(runtime: Runtime, principal: Principal, request: JobRequest) ->
         if trade is not None:
             marketplace.reserve_for_job(connection, trade, client_id, hold_micro, now)
         else:
-            payment.hold_for_job(connection, client_id, job_id, hold_micro, unix_seconds(now))
+            payment.hold_in_escrow(connection, client_id, job_id, hold_micro, unix_seconds(now))
         row = job_queries.insert_job(connection, values)
         built[:] = [job_event(row, runtime.clock())]
         event_queries.append(connection, built)

@@ -14,7 +14,7 @@ its reservation back. At ``expires_at`` the sweeper refunds what no job used
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row
@@ -27,15 +27,12 @@ from aitbc.schemas import JobRequest
 from aitbc.services import payment
 from aitbc.services.auth import require_client, require_miner, require_role
 from aitbc.services.runtime import Principal, Runtime
+from aitbc.services.views import iso_z as _iso
 from aitbc.storage import ledger_queries, market_queries
 from aitbc.storage.db import read, transaction
 
 MAX_OFFERS_PAGE = 100
 EXPIRE_BATCH = 500
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def offer_status(row: Row[Any], now: datetime) -> str:
@@ -228,7 +225,7 @@ async def buy(runtime: Runtime, principal: Principal, body: TradeRequest) -> dic
         if offer is None:
             raise _not_buyable(market_queries.offer(connection, body.offer_id), body, now)
         amount = price_for_units(body.tokens, int(offer.price_micro))
-        payment.hold_for_trade(connection, client_id, trade_id, amount, unix_seconds(now))
+        payment.hold_in_escrow(connection, client_id, trade_id, amount, unix_seconds(now))
         return market_queries.insert_trade(
             connection,
             {
@@ -348,7 +345,7 @@ def expire_trades(connection: Connection, now: datetime) -> int:
     rows = market_queries.expire_due(connection, now, EXPIRE_BATCH)
     timestamp = unix_seconds(now)
     for row in rows:
-        payment.refund_trade(
+        payment.refund_from_escrow(
             connection, row.client_id, row.trade_id, int(row.refunded_micro), timestamp
         )
     return len(rows)

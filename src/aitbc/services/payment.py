@@ -137,26 +137,29 @@ def _escrow(
     )
 
 
-def hold_for_job(
-    connection: Connection, client_id: str, job_id: str, hold_micro: int, timestamp: int
+def hold_in_escrow(
+    connection: Connection, client_id: str, ref: str, hold_micro: int, timestamp: int
 ) -> None:
-    """Move a job's hold from its client into escrow; :class:`InsufficientFunds` (the
-    transaction must roll back) when the client's balance is short."""
+    """Move a hold from a client into escrow (``ref``: the job or marketplace trade it
+    is for); :class:`InsufficientFunds` (the transaction must roll back) when the
+    client's balance is short. The client's ``held`` counts it until it is paid out
+    or refunded."""
     if hold_micro > MAX_SUPPLY_MICRO:  # no balance can cover it (nor a transaction say it)
         raise InsufficientFunds(
             "the job may cost more than the whole AIT supply", error_code="insufficient_funds"
         )
     if hold_micro:
-        hold = _escrow(TxType.ESCROW_HOLD, client_id, ESCROW, hold_micro, job_id, timestamp)
+        hold = _escrow(TxType.ESCROW_HOLD, client_id, ESCROW, hold_micro, ref, timestamp)
         record(connection, [hold], held={client_id: hold_micro})
 
 
-def refund_job(
-    connection: Connection, client_id: str, job_id: str, hold_micro: int | None, timestamp: int
+def refund_from_escrow(
+    connection: Connection, client_id: str, ref: str, hold_micro: int | None, timestamp: int
 ) -> None:
-    """Give a job's whole hold back to its client (cancel, failure, timeout)."""
+    """Give a hold back to its client: a job's whole hold (cancel, failure, timeout),
+    or what a marketplace trade's jobs did not use (its expiry)."""
     if hold_micro:
-        refund = _escrow(TxType.ESCROW_REFUND, ESCROW, client_id, hold_micro, job_id, timestamp)
+        refund = _escrow(TxType.ESCROW_REFUND, ESCROW, client_id, hold_micro, ref, timestamp)
         record(connection, [refund], held={client_id: -hold_micro})
 
 
@@ -217,17 +220,6 @@ def settle_job(
     record(connection, transactions, held={client_id: -hold_micro})
 
 
-def hold_for_trade(
-    connection: Connection, client_id: str, trade_id: str, amount_micro: int, timestamp: int
-) -> None:
-    """Move what a marketplace trade costs from its buyer into escrow (``ref`` = the
-    trade id); :class:`InsufficientFunds` when the buyer's balance is short. The
-    buyer's ``held`` counts it until its jobs pay it out or it is refunded."""
-    if amount_micro:
-        hold = _escrow(TxType.ESCROW_HOLD, client_id, ESCROW, amount_micro, trade_id, timestamp)
-        record(connection, [hold], held={client_id: amount_micro})
-
-
 def settle_trade_job(
     connection: Connection,
     *,
@@ -256,12 +248,3 @@ def settle_trade_job(
             )
         )
     record(connection, transactions, held={client_id: -settlement.price_micro})
-
-
-def refund_trade(
-    connection: Connection, client_id: str, trade_id: str, refund_micro: int, timestamp: int
-) -> None:
-    """Give what a trade's jobs did not use back to its buyer, at its expiry."""
-    if refund_micro:
-        refund = _escrow(TxType.ESCROW_REFUND, ESCROW, client_id, refund_micro, trade_id, timestamp)
-        record(connection, [refund], held={client_id: -refund_micro})

@@ -21,7 +21,7 @@ PRIORITY_NAMES = {priority.rank: priority.value for priority in Priority}
 JobDocument = dict[str, Any]
 
 
-def _iso(moment: datetime | None) -> str | None:
+def iso_z(moment: datetime | None) -> str | None:
     """What pydantic writes for an aware UTC datetime: ISO 8601 ending in "Z"."""
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
@@ -75,9 +75,9 @@ def job_document(job: Row[Any] | models.Job) -> JobDocument:
         "max_price": None if job.max_price_micro is None else to_ait(job.max_price_micro),
         # In escrow for the job while it is unfinished; paid out or refunded when it ends.
         "held": to_ait(job.held_micro or 0) if job.status in _UNFINISHED else 0.0,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "completed_at": _iso(job.completed_at),
+        "created_at": iso_z(job.created_at),
+        "started_at": iso_z(job.started_at),
+        "completed_at": iso_z(job.completed_at),
         "trade_id": job.trade_id,
     }
 

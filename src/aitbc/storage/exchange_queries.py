@@ -50,7 +50,6 @@ LOCK_CONSTRAINTS = (
 )
 # Any PostgreSQL advisory-lock key space of the matching writers ("AITBCX" + market).
 _WRITER_LOCK_BASE = 0x414954424358 << 16
-RESTING_STATUSES = ("open", "partially_filled")
 
 
 def _insufficient(exc: IntegrityError) -> InsufficientFunds | None:
@@ -226,28 +225,6 @@ def append_entries(connection: Connection, entries: Sequence[AssetEntryRow]) -> 
     )
 
 
-def asset_totals(connection: Connection, asset: str) -> tuple[int, int, int]:
-    """``(sum of balances, sum of locks, sum of every entry)`` of one asset: the
-    first and last are equal while the quote ledger explains every balance."""
-    balances = connection.execute(
-        select(
-            func.coalesce(func.sum(AB.balance_micro), 0),
-            func.coalesce(func.sum(AB.locked_micro), 0),
-        ).where(AB.asset == asset)
-    ).one()
-    entries = connection.execute(
-        select(func.coalesce(func.sum(ASSET_ENTRIES.c.delta_micro), 0)).where(
-            ASSET_ENTRIES.c.asset == asset
-        )
-    ).scalar_one()
-    return int(balances[0]), int(balances[1]), int(entries)
-
-
-def total_ait_locked(connection: Connection) -> int:
-    """Every account's locked AIT added up."""
-    return int(connection.execute(select(func.coalesce(func.sum(A.locked_micro), 0))).scalar_one())
-
-
 # --- the market's counter and writer lock -------------------------------------------------
 
 
@@ -345,7 +322,6 @@ def orders_of(
     statuses: Sequence[str] | None,
     market: str | None,
     limit: int,
-    before_seq: int | None,
 ) -> list[Row[Any]]:
     """An owner's orders newest first (by the (owner, seq) index)."""
     statement = select(ORDERS).where(O.owner == owner)
@@ -353,8 +329,6 @@ def orders_of(
         statement = statement.where(O.status.in_(statuses))
     if market is not None:
         statement = statement.where(O.market == market)
-    if before_seq is not None:
-        statement = statement.where(O.seq < before_seq)
     return list(connection.execute(statement.order_by(O.seq.desc()).limit(limit)))
 
 
